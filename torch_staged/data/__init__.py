@@ -1,0 +1,5 @@
+r"""Tissue graphs: the :class:`TissueData` layout and its builder."""
+from torch_staged.data.tissue_data import TissueData
+from torch_staged.data._builder import build_tissue_graph
+
+__all__ = ['TissueData', 'build_tissue_graph']
