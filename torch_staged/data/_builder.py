@@ -181,8 +181,9 @@ def build_tissue_graph(
             and :obj:`x`. (default: :obj:`torch.float32`)
 
     Returns:
-        :class:`TissueData`, with graph-level ``gene_names``, ``cell_type_names``
-        and ``lr_pairs`` (list of (ligand, receptor) names in ``lr_pair`` order).
+        :class:`TissueData`, with graph-level ``gene_names``, ``cell_type_names``,
+        ``lr_pairs`` (list of (ligand, receptor) names in ``lr_pair`` order) and
+        ``autocrine``.
 
     Example:
         >>> import numpy as np
@@ -271,6 +272,7 @@ def build_tissue_graph(
     data.gene_names = gene_names
     data.cell_type_names = type_names
     data.lr_pairs = list(zip(lr['ligand'].tolist(), lr['receptor'].tolist()))
+    data.autocrine = bool(autocrine)
 
     cell_type_t = torch.from_numpy(codes)
     data[CELL].pos = torch.from_numpy(pos_np).to(dtype)

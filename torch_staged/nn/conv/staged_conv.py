@@ -1,0 +1,443 @@
+import math
+from typing import Dict, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn import Parameter
+from torch_geometric.data import HeteroData
+from torch_geometric.nn import MessagePassing
+from torch_geometric.nn.inits import glorot, zeros
+
+from torch_staged.nn._fused import FusedGeneGraph, fuse_from_hetero, fuse_gene_graph
+from torch_staged.nn._segment import check_backend, segment_softmax, weighted_aggregate
+from torch_staged.typing import GENE, RELATIONS, EdgeType
+
+GraphInput = Union[FusedGeneGraph, HeteroData, Dict[EdgeType, Tensor]]
+AttentionDict = Dict[EdgeType, Tuple[Tensor, Tensor]]
+
+ATTENTION_TYPES = ('gat', 'gatv2')
+
+
+class STAGEDConv(MessagePassing):
+    r"""The fused gene-graph attention layer of STAGED, from the `"Spatio-Temporal
+    Agent-Based Graph Evolution Dynamics" <https://arxiv.org/abs/2507.11660>`_
+    paper.
+
+    Every cell carries a copy of the gene panel; gene node :math:`v` of cell
+    :math:`c(v)` with cell type :math:`\tau(v)` has the state
+    :math:`\mathbf{x}_v \in \mathbb{R}^F` and the input
+    :math:`\mathbf{h}_v = \mathbf{x}_v \,\Vert\, \mathbf{e}_{g(v)}` (with a
+    learned gene embedding :math:`\mathbf{e}_g`). Both gene -> gene relations
+    :math:`r \in \{\text{regulates}, \text{signals}\}` (intracellular GRN edges
+    and intercellular ligand -> receptor edges) are computed in **one** pass
+    over a fused edge list, with parameters per (relation, target cell type):
+
+    .. math::
+        \mathbf{m}_v^{r} = \sum_{u \in \mathcal{N}_r(v)} \alpha_{uv}
+        \mathbf{V}_{r,\tau(v)} \mathbf{h}_u
+        = \mathbf{V}_{r,\tau(v)} \sum_{u \in \mathcal{N}_r(v)} \alpha_{uv}
+        \mathbf{h}_u
+
+    with the attention softmax over the edges of relation :math:`r` entering
+    :math:`v`
+
+    .. math::
+        \alpha_{uv} = \frac{\exp(s_{uv})}{\sum_{w \in \mathcal{N}_r(v)}
+        \exp(s_{wv})}, \qquad
+        s_{uv} = \mathrm{LeakyReLU}\left(\mathbf{a}_{r,\tau(v)}^{\top}\mathbf{h}_u
+        + \mathbf{b}_{r,\tau(v)}^{\top}\mathbf{h}_v
+        + \mathbf{c}_{r,\tau(v)}^{\top}\mathbf{e}_{uv}\right)
+
+    per head (``attention='gat'``: a score split into a source and a target
+    term, so each edge costs a few scalars per head), or
+
+    .. math::
+        s_{uv} = \mathbf{a}_{r,\tau(v)}^{\top} \mathrm{LeakyReLU}\left(
+        \mathbf{W}^{s}_{r,\tau(v)}\mathbf{h}_u + \mathbf{W}^{t}_{r,\tau(v)}
+        \mathbf{h}_v + \mathbf{W}^{e}_{r,\tau(v)}\mathbf{e}_{uv}\right)
+
+    (``attention='gatv2'``, more expressive, with a hidden vector per edge).
+    :math:`\mathbf{e}_{uv}` are edge attributes (the distance between the two
+    cells for signalling edges, zeros for intracellular ones). The output is
+    :math:`[\mathbf{m}^{\text{regulates}}_v \,\Vert\, \mathbf{m}^{\text{signals}}_v]`
+    (heads concatenated or averaged) plus a bias. A slot (target, relation)
+    without edges receives :math:`\mathbf{0}`.
+
+    The fused structure (edges of both relations sorted by target slot, with
+    their parameter group and attributes) is built once per graph and cached;
+    pass a :class:`~torch_staged.nn.FusedGeneGraph` from :meth:`fuse_graph` to skip
+    even the cache look-up (e.g. under :func:`torch.compile`).
+
+    Args:
+        in_channels (int): Size :math:`F` of each gene node's state.
+        out_channels (int): Size :math:`C` of each message per head.
+        num_genes (int): Size :math:`G` of the gene panel.
+        num_cell_types (int): Number :math:`K` of cell types.
+        heads (int, optional): Number of attention heads :math:`H`.
+            (default: :obj:`1`)
+        gene_dim (int, optional): Size of the gene embedding (0 disables it).
+            (default: :obj:`8`)
+        edge_dim (int, optional): Size :math:`D_e` of the edge attributes (0
+            ignores them). (default: :obj:`1`)
+        concat (bool, optional): Concatenate heads (else average them).
+            (default: :obj:`True`)
+        negative_slope (float, optional): LeakyReLU slope. (default: :obj:`0.2`)
+        dropout (float, optional): Dropout on the attention coefficients.
+            (default: :obj:`0.0`)
+        bias (bool, optional): Add a learnable bias. (default: :obj:`True`)
+        attention (str, optional): ``'gat'`` or ``'gatv2'``. (default: :obj:`'gat'`)
+        backend (str, optional): ``'native'`` (pure PyTorch) or
+            ``'torch_scatter'`` (CSR segment kernels, needs torch-scatter).
+            (default: :obj:`'native'`)
+        relations (tuple, optional): The gene -> gene edge types, in output order.
+            (default: :obj:`(('gene', 'regulates', 'gene'), ('gene', 'signals',
+            'gene'))`)
+        **kwargs (optional): Additional arguments of
+            :class:`torch_geometric.nn.conv.MessagePassing`.
+
+    Shapes:
+        - **input:**
+          gene-node states :math:`(N G, F)` (or a dict with key ``'gene'``),
+          a graph: :class:`~torch_geometric.data.HeteroData` tissue,
+          :class:`~torch_staged.nn.FusedGeneGraph`, or an edge index dict
+          :math:`\{r: (2, E_r)\}` with :obj:`cell_type` :math:`(N)`
+        - **output:** gene-node messages :math:`(N G, R H C)` (or :math:`(N G,
+          R C)` when :obj:`concat=False`); with
+          :obj:`return_attention_weights=True` also a dict
+          :math:`\{r: ((2, E_r), (E_r, H))\}` of each relation's edge index and
+          attention coefficients, in that relation's own edge order.
+
+    Example:
+        A :class:`STAGEDConv` composed with PyG layers in a user model, trained
+        for a few steps on a node-regression task:
+
+        >>> import numpy as np, torch
+        >>> from torch_geometric.nn import Linear
+        >>> from torch_staged.data import build_tissue_graph
+        >>> from torch_staged.nn import STAGEDConv
+        >>> rng = np.random.default_rng(0)
+        >>> data = build_tissue_graph(rng.uniform(0, 5, (40, 2)), rng.integers(0, 2, 40),
+        ...                           ['L', 'R', 'T'], lr_pairs=[('L', 'R')], k=4,
+        ...                           x=rng.normal(size=(40, 3)))
+        >>> class Net(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.conv = STAGEDConv(1, 8, num_genes=3, num_cell_types=2)
+        ...         self.lin = Linear(-1, 1)  # a lazy PyG layer
+        ...     def forward(self, x, graph):
+        ...         return self.lin(torch.relu(self.conv(x, graph)))
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> model = Net()
+        >>> x, y = data['gene'].x, data['gene'].x.roll(1, 0)
+        >>> _ = model(x, data)  # initialises the lazy layer
+        >>> opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        >>> losses = []
+        >>> for _ in range(20):
+        ...     opt.zero_grad()
+        ...     loss = torch.nn.functional.mse_loss(model(x, data), y)
+        ...     loss.backward()
+        ...     opt.step()
+        ...     losses.append(loss.item())
+        >>> losses[-1] < losses[0]
+        True
+        >>> model.conv
+        STAGEDConv(1, 8, num_genes=3, num_cell_types=2, heads=1)
+    """
+    _fused_cache: Optional[Tuple[tuple, FusedGeneGraph]]
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        num_genes: int,
+        num_cell_types: int,
+        heads: int = 1,
+        gene_dim: int = 8,
+        edge_dim: int = 1,
+        concat: bool = True,
+        negative_slope: float = 0.2,
+        dropout: float = 0.0,
+        bias: bool = True,
+        attention: str = 'gat',
+        backend: str = 'native',
+        relations: Tuple[EdgeType, ...] = RELATIONS,
+        **kwargs,
+    ):
+        kwargs.setdefault('aggr', 'add')
+        super().__init__(node_dim=0, **kwargs)
+        for name, value, low in (('in_channels', in_channels, 1),
+                                 ('out_channels', out_channels, 1),
+                                 ('num_genes', num_genes, 1),
+                                 ('num_cell_types', num_cell_types, 1),
+                                 ('heads', heads, 1), ('gene_dim', gene_dim, 0),
+                                 ('edge_dim', edge_dim, 0)):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"'{name}' must be an integer >= {low} "
+                                 f"(got {value!r})")
+        if attention not in ATTENTION_TYPES:
+            raise ValueError(f"'attention' must be one of {ATTENTION_TYPES} "
+                             f"(got '{attention}')")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"'dropout' must lie in [0, 1) (got {dropout})")
+        if len(relations) == 0:
+            raise ValueError("'relations' must name at least one edge type")
+
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.num_genes = num_genes
+        self.num_cell_types = num_cell_types
+        self.heads = heads
+        self.gene_dim = gene_dim
+        self.edge_dim = edge_dim
+        self.concat = concat
+        self.negative_slope = negative_slope
+        self.dropout = dropout
+        self.attention = attention
+        self.backend = check_backend(backend)
+        self.relations = tuple(tuple(r) for r in relations)
+
+        R, K, H, C = len(self.relations), num_cell_types, heads, out_channels
+        D = in_channels + gene_dim
+        self.gene_emb = (torch.nn.Embedding(num_genes, gene_dim)
+                         if gene_dim > 0 else None)
+        if attention == 'gat':
+            self.att_src = Parameter(torch.empty(D, R * K * H))
+            self.att_dst = Parameter(torch.empty(D, R * K * H))
+            self.att_edge = (Parameter(torch.empty(R * K, edge_dim, H))
+                             if edge_dim > 0 else None)
+        else:
+            self.lin_src = Parameter(torch.empty(D, R * K * H * C))
+            self.lin_dst = Parameter(torch.empty(D, R * K * H * C))
+            self.lin_edge = (Parameter(torch.empty(R * K, edge_dim, H * C))
+                             if edge_dim > 0 else None)
+            self.att = Parameter(torch.empty(R * K, H, C))
+        self.value = Parameter(torch.empty(R, K, H, D, C))
+        out_dim = R * H * C if concat else R * C
+        self.bias = Parameter(torch.empty(out_dim)) if bias else None
+        self._fused_cache = None
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ setup
+    @property
+    def num_relations(self) -> int:
+        """Number :math:`R` of gene -> gene relations."""
+        return len(self.relations)
+
+    @property
+    def node_dim_in(self) -> int:
+        """Size :math:`D = F + \\text{gene\\_dim}` of :math:`\\mathbf{h}_v`."""
+        return self.in_channels + self.gene_dim
+
+    @property
+    def out_dim(self) -> int:
+        """Size of the output per gene node."""
+        return self.bias.numel() if self.bias is not None else (
+            self.num_relations * self.out_channels *
+            (self.heads if self.concat else 1))
+
+    def reset_parameters(self):
+        r"""Resets all learnable parameters."""
+        super().reset_parameters()
+        if self.gene_emb is not None:
+            torch.nn.init.normal_(self.gene_emb.weight, std=1.0 / math.sqrt(
+                max(self.gene_dim, 1)))
+        for name in ('att_src', 'att_dst', 'att_edge', 'lin_src', 'lin_dst',
+                     'lin_edge', 'att'):
+            param = getattr(self, name, None)
+            if param is not None:
+                glorot(param)
+        # V_{r, tau, h}: [D, C] per (relation, type, head)
+        bound = math.sqrt(6.0 / (self.node_dim_in + self.out_channels))
+        with torch.no_grad():
+            self.value.uniform_(-bound, bound)
+        zeros(self.bias)
+        self._fused_cache = None
+
+    def fuse_graph(self, graph: GraphInput, cell_type: Optional[Tensor] = None,
+             edge_attr_dict: Optional[Dict[EdgeType, Tensor]] = None,
+             device: Optional[torch.device] = None,
+             dtype: Optional[torch.dtype] = None) -> FusedGeneGraph:
+        r"""Returns the fused, sorted edge structure of :obj:`graph` (cached: the
+        same graph is fused only once).
+
+        Args:
+            graph: A :class:`~torch_geometric.data.HeteroData` tissue (or batch),
+                an edge index dict, or an already fused graph (returned as is).
+            cell_type (Tensor, optional): ``[N]`` cell types, needed with an edge
+                index dict (gene nodes are then ``cell * G + gene``).
+            edge_attr_dict (dict, optional): Edge attributes for an edge index dict.
+            device, dtype (optional): Where to place the structure and the dtype
+                of its edge attributes.
+        """
+        if isinstance(graph, FusedGeneGraph):
+            if device is not None or dtype is not None:
+                return graph.to(device, dtype)
+            return graph
+        if isinstance(graph, HeteroData):
+            tensors = [graph[rel].edge_index for rel in self.relations
+                       if rel in graph.edge_types]
+            tensors.append(graph['cell'].cell_type)
+        elif isinstance(graph, dict):
+            if cell_type is None:
+                raise ValueError("An edge index dict needs 'cell_type' (the [N] cell "
+                                 "type of every cell) to pick per-type parameters")
+            tensors = [graph[rel] for rel in self.relations if rel in graph]
+            tensors.append(cell_type)
+            if edge_attr_dict:
+                tensors.extend(edge_attr_dict.values())
+        else:
+            raise TypeError(f"'graph' must be a HeteroData, a FusedGeneGraph or an "
+                            f"edge index dict (got {type(graph).__name__})")
+        key = (id(graph), str(device), str(dtype)) + tuple(
+            (t.data_ptr(), t.numel(), t._version) for t in tensors)
+        if self._fused_cache is not None and self._fused_cache[0] == key:
+            return self._fused_cache[1]
+        if isinstance(graph, HeteroData):
+            fused = fuse_from_hetero(graph, self.num_cell_types, self.edge_dim,
+                                     self.relations)
+        else:
+            num_cells = cell_type.numel()
+            node = torch.arange(num_cells * self.num_genes, device=cell_type.device)
+            node_type = cell_type.long()[node // self.num_genes]
+            if node_type.numel() and int(node_type.max()) >= self.num_cell_types:
+                raise ValueError(f"'cell_type' has type {int(node_type.max())}, but "
+                                 f"the layer has num_cell_types={self.num_cell_types}")
+            fused = fuse_gene_graph(graph, node_type, node % self.num_genes,
+                                    self.num_cell_types, edge_attr_dict,
+                                    self.edge_dim, self.relations)
+        if device is not None or dtype is not None:
+            fused = fused.to(device, dtype)
+        self._fused_cache = (key, fused)
+        return fused
+
+    # ---------------------------------------------------------------- forward
+    def forward(
+        self,
+        x: Union[Tensor, Dict[str, Tensor]],
+        graph: GraphInput,
+        *,
+        cell_type: Optional[Tensor] = None,
+        edge_attr_dict: Optional[Dict[EdgeType, Tensor]] = None,
+        return_attention_weights: Optional[bool] = None,
+    ) -> Union[Tensor, Tuple[Tensor, AttentionDict]]:
+        r"""Runs the layer.
+
+        Args:
+            x (Tensor or dict): Gene-node states ``[N*G, F]`` (or ``{'gene': x}``).
+            graph: The tissue graph (see :meth:`fuse_graph`).
+            cell_type (Tensor, optional): ``[N]`` cell types (edge index dict only).
+            edge_attr_dict (dict, optional): Edge attributes (edge index dict only).
+            return_attention_weights (bool, optional): Also return the attention
+                coefficients of every edge, per relation. (default: :obj:`None`)
+        """
+        if isinstance(x, dict):
+            x = x[GENE]
+        if x.dim() == 1:
+            x = x.unsqueeze(-1)
+        fused = self.fuse_graph(graph, cell_type, edge_attr_dict, device=x.device,
+                          dtype=x.dtype)
+        if x.size(0) != fused.num_nodes or x.size(1) != self.in_channels:
+            raise ValueError(f"'x' must have shape [num_gene_nodes, in_channels] = "
+                             f"[{fused.num_nodes}, {self.in_channels}] (got "
+                             f"{list(x.shape)})")
+        h = self.node_features(x, fused.gene)
+        num_slots = fused.num_nodes * self.num_relations
+
+        alpha = self.edge_updater(fused.edge_index, h=h, key=fused.key,
+                                  edge_attr=fused.edge_attr, slot_ptr=fused.slot_ptr,
+                                  node_type=fused.node_type,
+                                  size=(fused.num_nodes, num_slots))
+        out = self.propagate(fused.edge_index, h=h, alpha=alpha,
+                             slot_ptr=fused.slot_ptr, fused=fused,
+                             size=(fused.num_nodes, num_slots))  # [NG, R, H, C]
+        out = out.flatten(1, 3) if self.concat else out.mean(dim=2).flatten(1, 2)
+        if self.bias is not None:
+            out = out + self.bias
+
+        if return_attention_weights:
+            edge_index = fused.relation_edge_index()
+            alphas = fused.unfuse(alpha)
+            return out, {rel: (edge_index[r], alphas[r])
+                         for r, rel in enumerate(self.relations)}
+        return out
+
+    def node_features(self, x: Tensor, gene: Tensor) -> Tensor:
+        r"""The layer's node input :math:`\mathbf{h}_v = \mathbf{x}_v \Vert
+        \mathbf{e}_{g(v)}`, shape ``[N*G, D]``."""
+        if self.gene_emb is None:
+            return x
+        emb = self.gene_emb.weight.to(x.dtype).index_select(0, gene)
+        return torch.cat([x, emb], dim=-1)
+
+    def edge_update(self, h: Tensor, key: Tensor, edge_attr: Tensor,
+                    edge_index_j: Tensor, index: Tensor, slot_ptr: Tensor,
+                    node_type: Tensor, dim_size: int) -> Tensor:
+        R, K, H, C = (self.num_relations, self.num_cell_types, self.heads,
+                      self.out_channels)
+        num_nodes = h.size(0)
+        src_key = edge_index_j * (R * K) + key  # row of (source, group)
+        if self.attention == 'gat':
+            # Node terms for every (relation, type) group, then one scalar per
+            # edge and head is gathered (DESIGN section 3).
+            s_src = (h @ self.att_src).view(num_nodes * R * K, H)
+            s_dst = (h @ self.att_dst).view(num_nodes, R, K, H)
+            s_dst = s_dst.gather(2, node_type.view(-1, 1, 1, 1).expand(
+                -1, R, 1, H)).view(num_nodes * R, H)  # target's own type
+            logits = s_src.index_select(0, src_key) + s_dst.index_select(0, index)
+            if self.att_edge is not None:
+                w_edge = self.att_edge.index_select(0, key)  # [E, D_e, H]
+                logits = logits + (edge_attr.unsqueeze(-1) * w_edge).sum(1)
+            logits = F.leaky_relu(logits, self.negative_slope)
+        else:
+            p_src = (h @ self.lin_src).view(num_nodes * R * K, H * C)
+            p_dst = (h @ self.lin_dst).view(num_nodes, R, K, H * C)
+            p_dst = p_dst.gather(2, node_type.view(-1, 1, 1, 1).expand(
+                -1, R, 1, H * C)).view(num_nodes * R, H * C)
+            hidden = p_src.index_select(0, src_key) + p_dst.index_select(0, index)
+            if self.lin_edge is not None:
+                w_edge = self.lin_edge.index_select(0, key)  # [E, D_e, H*C]
+                hidden = hidden + (edge_attr.unsqueeze(-1) * w_edge).sum(1)
+            hidden = F.leaky_relu(hidden, self.negative_slope).view(-1, H, C)
+            logits = (hidden * self.att.index_select(0, key)).sum(-1)
+        alpha = segment_softmax(logits, index, slot_ptr, dim_size, self.backend)
+        return F.dropout(alpha, p=self.dropout, training=self.training)
+
+    def message(self, alpha: Tensor) -> Tensor:
+        # The message of an edge is its attention weight: the gather of the
+        # source state is fused with the sum in :meth:`aggregate`, so no
+        # per-edge hidden vector is ever stored.
+        return alpha
+
+    def aggregate(self, inputs: Tensor, h: Tensor, edge_index_j: Tensor,
+                  index: Tensor, slot_ptr: Tensor, dim_size: int) -> Tensor:
+        return weighted_aggregate(inputs, h, edge_index_j, index, slot_ptr,
+                                  dim_size, self.backend)  # [NG * R, H, D]
+
+    def update(self, inputs: Tensor, fused: FusedGeneGraph) -> Tensor:
+        # V_{r, tau} applied after aggregation, one matmul per cell type.
+        R, H = self.num_relations, self.heads
+        agg = inputs.view(-1, R, H, self.node_dim_in)
+        parts, start = [], 0
+        for t, size in enumerate(fused.type_sizes):  # loop over cell types only
+            if size == 0:
+                continue
+            nodes = fused.type_perm[start:start + size]
+            start += size
+            parts.append(torch.einsum('nrhd,rhdc->nrhc', agg.index_select(0, nodes),
+                                      self.value[:, t].to(agg.dtype)))
+        if not parts:
+            return agg.new_zeros(agg.size(0), R, H, self.out_channels)
+        out = torch.cat(parts, dim=0)
+        return out.index_select(0, fused.type_rank)
+
+    def __repr__(self) -> str:
+        extra = ''
+        if self.attention != 'gat':
+            extra += f", attention='{self.attention}'"
+        if self.backend != 'native':
+            extra += f", backend='{self.backend}'"
+        return (f'{self.__class__.__name__}({self.in_channels}, '
+                f'{self.out_channels}, num_genes={self.num_genes}, '
+                f'num_cell_types={self.num_cell_types}, heads={self.heads}{extra})')
