@@ -620,7 +620,8 @@ def test_inputs_not_modified(as_tensor, tmp_path):
     x = rng.normal(size=(n, 6))
     given = np.array([[1, 2, 3, 0, 5], [0, 0, 1, 4, 2]])
     if as_tensor:
-        pos, x, given = torch.from_numpy(pos), torch.from_numpy(x), torch.from_numpy(given)
+        pos, x = torch.from_numpy(pos), torch.from_numpy(x)
+        given = torch.from_numpy(given)
     saved = copy.deepcopy(dict(pos=pos, cell_type=cell_type, genes=genes,
                                lr_list=lr_list, lr_frame=lr_frame, grn=grn, x=x,
                                given=given))
@@ -803,7 +804,8 @@ def test_invalid_missing_genes_without_tables():
 
 @pytest.mark.xfail(strict=True, reason=(
     "BUG (message only): for a 2-D 'x' of the wrong shape the error reports the "
-    "internally reshaped shape [N, G', 1] instead of the shape the user gave"))
+    "internally reshaped shape [N, G', 1] instead of the shape the user gave"),
+    raises=AssertionError)
 def test_x_shape_message_reports_given_shape():
     inputs = _base_inputs()
     with pytest.raises(ValueError, match=r"got \[20, 5\]\)"):

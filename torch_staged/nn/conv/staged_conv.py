@@ -290,11 +290,11 @@ class STAGEDConv(MessagePassing):
         else:
             raise TypeError(f"'graph' must be a HeteroData, a FusedGeneGraph or an "
                             f"edge index dict (got {type(graph).__name__})")
-        key = (id(graph), str(device), str(dtype)) + tuple(
-            (t.data_ptr(), t.numel(), t._version) for t in tensors)
+        key = (id(graph), ) + tuple((t.data_ptr(), t.numel(), t._version)
+                                    for t in tensors)
         if self._fused_cache is not None and self._fused_cache[0] == key:
-            return self._fused_cache[1]
-        if isinstance(graph, HeteroData):
+            fused = self._fused_cache[1]
+        elif isinstance(graph, HeteroData):
             fused = fuse_from_hetero(graph, self.num_cell_types, self.edge_dim,
                                      self.relations)
         else:
@@ -307,8 +307,10 @@ class STAGEDConv(MessagePassing):
             fused = fuse_gene_graph(graph, node_type, node % self.num_genes,
                                     self.num_cell_types, edge_attr_dict,
                                     self.edge_dim, self.relations)
-        if device is not None or dtype is not None:
+        if ((device is not None and fused.edge_index.device != torch.device(device))
+                or (dtype is not None and fused.edge_attr.dtype != dtype)):
             fused = fused.to(device, dtype)
+        # One entry: the structure as last used (device and dtype included).
         self._fused_cache = (key, fused)
         return fused
 

@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from torch_staged.nn import STAGEDConv
+from torch_staged.testing import dense_staged_conv, random_tissue
+from torch_staged.typing import REGULATES, RELATIONS, SIGNALS
+
+
+def _randomise(conv):
+    # Non-trivial bias and edge weights so that every parameter is exercised.
+    with torch.no_grad():
+        for p in conv.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+
+
+@pytest.mark.parametrize('attention', ['gat', 'gatv2'])
+@pytest.mark.parametrize('heads,concat,autocrine', [(1, True, False), (2, False, True),
+                                                    (3, True, True)])
+def test_matches_dense_reference_float64(attention, heads, concat, autocrine):
+    torch.manual_seed(0)
+    data = random_tissue(24, 6, num_cell_types=3, num_pairs=3, num_features=2,
+                         autocrine=autocrine, seed=heads)
+    conv = STAGEDConv(2, 4, num_genes=6, num_cell_types=3, heads=heads,
+                      concat=concat, attention=attention).double()
+    _randomise(conv)
+    x = data['gene'].x.double().requires_grad_()
+
+    out, att = conv(x, data, return_attention_weights=True)
+    x_ref = x.detach().clone().requires_grad_()
+    ref, ref_att = dense_staged_conv(conv, x_ref, data)
+    assert out.shape == (24 * 6, 2 * 4 * (heads if concat else 1))
+    assert torch.allclose(out, ref, atol=1e-8, rtol=0)
+    for rel in RELATIONS:
+        edge_index, alpha = att[rel]
+        assert torch.equal(edge_index, data[rel].edge_index)
+        assert alpha.shape == (data[rel].num_edges, heads)
+        assert torch.allclose(alpha, ref_att[rel], atol=1e-8, rtol=0)
+
+    params = list(conv.parameters())
+    weight = torch.randn_like(out)
+    grads = torch.autograd.grad((out * weight).sum(), [x] + params)
+    ref_grads = torch.autograd.grad((ref * weight).sum(), [x_ref] + params)
+    for name, g, r in zip(['x'] + [n for n, _ in conv.named_parameters()], grads,
+                          ref_grads):
+        assert torch.allclose(g, r, atol=1e-8, rtol=0), name
+
+
+def test_attention_is_a_distribution_per_target_and_relation():
+    data = random_tissue(30, 5, seed=3)
+    conv = STAGEDConv(1, 4, num_genes=5, num_cell_types=3, heads=2)
+    _, att = conv(data['gene'].x, data, return_attention_weights=True)
+    num_nodes = data['gene'].num_nodes
+    for rel in (REGULATES, SIGNALS):
+        edge_index, alpha = att[rel]
+        assert bool(((alpha >= 0) & (alpha <= 1)).all())
+        total = torch.zeros(num_nodes, 2).index_add_(0, edge_index[1], alpha)
+        has_in = torch.bincount(edge_index[1], minlength=num_nodes) > 0
+        assert torch.allclose(total[has_in], torch.ones(1), atol=1e-5)
+        assert bool((total[~has_in] == 0).all())
+
+
+def test_repr():
+    assert repr(STAGEDConv(1, 16, num_genes=50, num_cell_types=3, heads=2)) == (
+        'STAGEDConv(1, 16, num_genes=50, num_cell_types=3, heads=2)')
+    assert repr(STAGEDConv(2, 8, 4, 2, attention='gatv2')) == (
+        "STAGEDConv(2, 8, num_genes=4, num_cell_types=2, heads=1, attention='gatv2')")
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(heads=0), "'heads' must be an integer >= 1"),
+    (dict(attention='dot'), "'attention' must be one of"),
+    (dict(dropout=1.5), "'dropout' must lie in"),
+    (dict(backend='cuda'), "'backend' must be one of"),
+])
+def test_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        STAGEDConv(1, 4, num_genes=3, num_cell_types=2, **kwargs)
+
+
+def test_fused_structure_is_cached():
+    data = random_tissue(20, 4, seed=1)
+    conv = STAGEDConv(1, 4, num_genes=4, num_cell_types=3)
+    conv(data['gene'].x, data)
+    first = conv._fused_cache[1]
+    conv(data['gene'].x * 2, data)
+    assert conv._fused_cache[1] is first
+    fused = conv.fuse_graph(data)
+    assert fused is first
+    # slots are sorted: one segment per (target, relation)
+    assert bool((fused.slot[1:] >= fused.slot[:-1]).all())
+    assert torch.equal(conv(data['gene'].x, fused), conv(data['gene'].x, data))
