@@ -772,13 +772,9 @@ def test_lr_table_empty_after_drop_raises():
 
 
 # --------------------------------------------------------------------------
-# Package bugs found (strict xfail: they flip to failures once fixed)
+# Regression tests for bugs found while writing these tests (now fixed)
 # --------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "BUG: grn_templates strips a trailing '.0' from every GRN cell_type label "
-    "(meant for float-coded integer types), so a string cell type such as "
-    "'v1.0' becomes 'v1' and is rejected as unknown"))
 def test_grn_cell_type_name_ending_in_dot_zero():
     rng = np.random.default_rng(30)
     pos = rng.uniform(0, 10, (12, 2))
@@ -792,9 +788,6 @@ def test_grn_cell_type_name_ending_in_dot_zero():
     assert set(reg) == ref_regulates(cell_type.tolist(), genes, rows)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: an invalid 'missing_genes' value is only checked when a prior table "
-    "is given; with lr_pairs=None and grn=None it is silently accepted"))
 def test_invalid_missing_genes_without_tables():
     inputs = _base_inputs()
     inputs['lr_pairs'] = None
@@ -802,10 +795,6 @@ def test_invalid_missing_genes_without_tables():
         build_tissue_graph(missing_genes='ignore', **inputs)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (message only): for a 2-D 'x' of the wrong shape the error reports the "
-    "internally reshaped shape [N, G', 1] instead of the shape the user gave"),
-    raises=AssertionError)
 def test_x_shape_message_reports_given_shape():
     inputs = _base_inputs()
     with pytest.raises(ValueError, match=r"got \[20, 5\]\)"):

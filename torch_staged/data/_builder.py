@@ -13,7 +13,7 @@ from torch_staged.data._neighbors import (
     morton_order,
     radius_edges,
 )
-from torch_staged.data._priors import grn_templates, lr_pair_table
+from torch_staged.data._priors import MISSING_OPTIONS, grn_templates, lr_pair_table
 from torch_staged.data.tissue_data import TissueData
 from torch_staged.typing import CELL, GENE, NEAR, REGULATES, SIGNALS, ArrayLike, PairTable
 
@@ -202,6 +202,9 @@ def build_tissue_graph(
     gene_names = _check_genes(genes)
     num_genes = len(gene_names)
     gene_index = {g: i for i, g in enumerate(gene_names)}
+    if missing_genes not in MISSING_OPTIONS:
+        raise ValueError(f"'missing_genes' must be one of {MISSING_OPTIONS} "
+                         f"(got '{missing_genes}')")
     lr = lr_pair_table(lr_pairs, gene_index, missing_genes)
     templates = grn_templates(grn, gene_index, type_names, missing_genes)
 
@@ -233,12 +236,13 @@ def build_tissue_graph(
     x_np = None
     if x is not None:
         x_np = _to_numpy(x, 'x')
+        given_shape = list(x_np.shape)
         if x_np.ndim == 2:
             x_np = x_np[:, :, None]
         if x_np.ndim != 3 or x_np.shape[:2] != (num_cells, num_genes):
             raise ValueError(f"'x' must have shape [num_cells, num_genes] or "
                              f"[num_cells, num_genes, F] = [{num_cells}, {num_genes}"
-                             f"(, F)] (got {list(x_np.shape)})")
+                             f"(, F)] (got {given_shape})")
         if not np.isfinite(x_np).all():
             raise ValueError("'x' has NaN or Inf entries")
 

@@ -125,18 +125,24 @@ def grn_templates(grn: Optional[PairTable], gene_index: Dict[str, int],
     if 'cell_type' in frame.columns:
         names = {str(n): i for i, n in enumerate(cell_type_names)}
         given = frame['cell_type']
-        has_type = given.notna().to_numpy()
-        as_str = given[has_type].astype(str)
-        # Integer type codes are accepted too:
-        as_str = as_str.str.replace(r'\.0$', '', regex=True)
-        unknown = sorted(set(as_str) - set(names))
+        has_type = (given.notna() & (given.astype(str).str.strip() != '')).to_numpy()
+        if pd.api.types.is_numeric_dtype(given):
+            # Integer type codes (a float column when some rows are empty).
+            codes = given[has_type].to_numpy()
+            if not np.all(codes == np.round(codes)):
+                raise ValueError("The GRN 'cell_type' column holds non-integer numbers")
+            labels = pd.Series(codes.astype(np.int64)).map(
+                lambda c: str(cell_type_names[c]) if 0 <= c < num_types else f'#{c}')
+        else:
+            labels = given[has_type].astype(str)
+        unknown = sorted(set(labels) - set(names))
         if unknown:
             raise ValueError(
                 f"The GRN table names cell type(s) {unknown} that are not among the "
                 f"{num_types} cell types {list(cell_type_names)}. Fix the "
                 f"'cell_type' column, or pass cell_types=[...] listing every type")
         type_code = np.full(len(frame), -1, dtype=np.int64)
-        type_code[has_type] = as_str.map(names).to_numpy()
+        type_code[has_type] = labels.map(names).to_numpy()
     else:
         type_code = np.full(len(frame), -1, dtype=np.int64)
 
