@@ -1,5 +1,6 @@
 r"""Neural network layers: the fused :class:`STAGEDConv` and the ODE vector field."""
 from torch_staged.nn._fused import FusedGeneGraph, fuse_gene_graph
 from torch_staged.nn.conv import STAGEDConv
+from torch_staged.nn.ode_func import STAGEDODEFunc
 
-__all__ = ['STAGEDConv', 'FusedGeneGraph', 'fuse_gene_graph']
+__all__ = ['STAGEDConv', 'STAGEDODEFunc', 'FusedGeneGraph', 'fuse_gene_graph']

@@ -82,6 +82,24 @@ class FusedGeneGraph(NamedTuple):
             fields[name] = value
         return FusedGeneGraph(**fields)
 
+    def per_type(self, value: Tensor, fn) -> Tensor:
+        """Applies ``fn(cell_type, rows)`` to the rows of :obj:`value` (one row per
+        gene node) of each cell type and returns the results in node order.
+
+        A loop over cell types only: this is how per-type weights are "applied
+        per segment".
+        """
+        parts, start = [], 0
+        for t, size in enumerate(self.type_sizes):
+            if size == 0:
+                continue
+            nodes = self.type_perm[start:start + size]
+            start += size
+            parts.append(fn(t, value.index_select(0, nodes)))
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat(parts, dim=0).index_select(0, self.type_rank)
+
     def unfuse(self, value: Tensor) -> Tuple[Tensor, ...]:
         """Splits a per-edge tensor in fused order into one tensor per relation,
         each in that relation's own edge order."""

@@ -421,18 +421,10 @@ class STAGEDConv(MessagePassing):
         # V_{r, tau} applied after aggregation, one matmul per cell type.
         R, H = self.num_relations, self.heads
         agg = inputs.view(-1, R, H, self.node_dim_in)
-        parts, start = [], 0
-        for t, size in enumerate(fused.type_sizes):  # loop over cell types only
-            if size == 0:
-                continue
-            nodes = fused.type_perm[start:start + size]
-            start += size
-            parts.append(torch.einsum('nrhd,rhdc->nrhc', agg.index_select(0, nodes),
-                                      self.value[:, t].to(agg.dtype)))
-        if not parts:
-            return agg.new_zeros(agg.size(0), R, H, self.out_channels)
-        out = torch.cat(parts, dim=0)
-        return out.index_select(0, fused.type_rank)
+        if agg.size(0) == 0:
+            return agg.new_zeros(0, R, H, self.out_channels)
+        return fused.per_type(agg, lambda t, rows: torch.einsum(
+            'nrhd,rhdc->nrhc', rows, self.value[:, t].to(rows.dtype)))
 
     def __repr__(self) -> str:
         extra = ''

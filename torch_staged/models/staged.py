@@ -1,0 +1,168 @@
+from typing import Any, Dict, Optional
+
+import torch
+from torch import Tensor
+from torchdiffeq import odeint, odeint_adjoint
+
+from torch_staged.nn.ode_func import STAGEDODEFunc
+from torch_staged.typing import CELL, GENE
+
+SOLVER_KWARGS = ('method', 'rtol', 'atol', 'options', 'adjoint')
+
+
+class IntegrationError(RuntimeError):
+    """Raised when the state becomes NaN/Inf or the solver's step underflows."""
+
+
+class STAGED(torch.nn.Module):
+    r"""The STAGED graph neural ODE (`arXiv:2507.11660
+    <https://arxiv.org/abs/2507.11660>`_): every cell an agent, every gene a
+    node, integrated in continuous time.
+
+    .. math::
+        \mathbf{x}(t) = \mathbf{x}(t_0) + \int_{t_0}^{t} f_\theta(s,
+        \mathbf{x}(s))\, ds
+
+    with the vector field :class:`~torch_staged.nn.STAGEDODEFunc`, solved by
+    :func:`torchdiffeq.odeint` (or :func:`torchdiffeq.odeint_adjoint` with
+    :obj:`adjoint=True`, :math:`O(1)` memory in the number of steps). With
+    :obj:`augment > 0` every gene node carries latent channels that start at 0
+    and are not observed.
+
+    Args:
+        num_genes (int): Size :math:`G` of the gene panel.
+        num_cell_types (int): Number :math:`K` of cell types.
+        hidden_channels (int, optional): Message size per head. (default: :obj:`16`)
+        mlp_channels (int, optional): Hidden size of the per-type MLP.
+            (default: :obj:`32`)
+        heads (int, optional): Attention heads. (default: :obj:`1`)
+        gene_dim (int, optional): Gene embedding size. (default: :obj:`8`)
+        edge_dim (int, optional): Edge attribute size. (default: :obj:`1`)
+        augment (int, optional): Latent channels per gene node. (default: :obj:`0`)
+        attention (str, optional): ``'gat'``, ``'gatv2'`` or ``'mean'``.
+            (default: :obj:`'gat'`)
+        backend (str, optional): ``'native'`` or ``'torch_scatter'``.
+            (default: :obj:`'native'`)
+        method (str, optional): Any :mod:`torchdiffeq` method. (default:
+            :obj:`'dopri5'`)
+        rtol (float, optional): Relative tolerance. (default: :obj:`1e-3`)
+        atol (float, optional): Absolute tolerance. (default: :obj:`1e-4`)
+        options (dict, optional): Solver options (e.g. ``{'step_size': 0.1}``).
+        adjoint (bool, optional): Back-propagate with the adjoint method.
+            (default: :obj:`False`)
+
+    Shapes:
+        - **input:** a tissue graph with :math:`N` cells, times :math:`(T)`,
+          initial state :math:`(N, G)` in the graph's cell order
+        - **output:** trajectory :math:`(T, N, G)` (graph's cell order)
+    """
+
+    def __init__(self, num_genes: int, num_cell_types: int, hidden_channels: int = 16,
+                 mlp_channels: int = 32, heads: int = 1, gene_dim: int = 8,
+                 edge_dim: int = 1, augment: int = 0, attention: str = 'gat',
+                 backend: str = 'native', method: str = 'dopri5', rtol: float = 1e-3,
+                 atol: float = 1e-4, options: Optional[Dict[str, Any]] = None,
+                 adjoint: bool = False):
+        super().__init__()
+        if not isinstance(augment, int) or augment < 0:
+            raise ValueError(f"'augment' must be an integer >= 0 (got {augment!r})")
+        self.num_genes = num_genes
+        self.num_cell_types = num_cell_types
+        self.augment = augment
+        self.method = method
+        self.rtol = rtol
+        self.atol = atol
+        self.options = dict(options or {})
+        self.adjoint = adjoint
+        self._config = dict(num_genes=num_genes, num_cell_types=num_cell_types,
+                            hidden_channels=hidden_channels, mlp_channels=mlp_channels,
+                            heads=heads, gene_dim=gene_dim, edge_dim=edge_dim,
+                            augment=augment, attention=attention, backend=backend,
+                            method=method, rtol=rtol, atol=atol,
+                            options=self.options, adjoint=adjoint)
+        self.func = STAGEDODEFunc(num_genes, num_cell_types, channels=1 + augment,
+                                  hidden_channels=hidden_channels,
+                                  mlp_channels=mlp_channels, heads=heads,
+                                  gene_dim=gene_dim, edge_dim=edge_dim,
+                                  attention=attention, backend=backend)
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        """The constructor arguments (JSON-able), for checkpoints."""
+        return dict(self._config)
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> 'STAGED':
+        """Builds a model from :attr:`config`."""
+        return cls(**config)
+
+    def reset_parameters(self):
+        r"""Resets all learnable parameters."""
+        self.func.reset_parameters()
+
+    @property
+    def nfe(self) -> int:
+        """Function evaluations since the last reset (see :meth:`reset_nfe`)."""
+        return self.func.nfe
+
+    def reset_nfe(self):
+        """Sets the evaluation counter to 0."""
+        self.func.nfe = 0
+
+    def initial_state(self, data, x0: Optional[Tensor] = None) -> Tensor:
+        r"""The solver state ``[N*G, 1 + augment]`` from :obj:`x0` ``[N, G]`` (or
+        from ``data['gene'].x[:, 0]``)."""
+        num_nodes = data[GENE].num_nodes
+        if x0 is None:
+            if 'x' not in data[GENE]:
+                raise ValueError("Give 'x0' [N, G] or build the graph with x=...")
+            x0 = data[GENE].x[:, :1]
+        x0 = x0.reshape(-1, 1)
+        if x0.size(0) != num_nodes:
+            raise ValueError(f"'x0' must hold N*G = {num_nodes} values, one per gene "
+                             f"node (got {x0.size(0)})")
+        x0 = x0.to(self.func.decay)
+        if self.augment:
+            x0 = torch.cat([x0, x0.new_zeros(num_nodes, self.augment)], dim=-1)
+        return x0
+
+    def integrate(self, state: Tensor, t: Tensor) -> Tensor:
+        r"""Integrates a full solver state ``[N*G, F]`` over :obj:`t`; returns
+        ``[T, N*G, F]``. The graph must be set (:meth:`forward` does it)."""
+        t = t.to(state)
+        solve = odeint_adjoint if self.adjoint else odeint
+        kwargs = dict(method=self.method, rtol=self.rtol, atol=self.atol,
+                      options=self.options or None)
+        if self.adjoint:
+            kwargs['adjoint_params'] = tuple(p for p in self.parameters()
+                                             if p.requires_grad)
+        try:
+            out = solve(self.func, state, t, **kwargs)
+        except AssertionError as err:  # torchdiffeq's step-size underflow
+            raise IntegrationError(
+                f"The ODE solver failed ({err}) after {self.func.nfe} evaluations: "
+                "the dynamics are too stiff or have blown up. Try a smaller learning "
+                "rate, gradient clipping, looser tolerances or method='rk4' with a "
+                "small options={'step_size': ...}") from None
+        if not bool(torch.isfinite(out).all()):
+            bad = (~torch.isfinite(out)).flatten(1).any(1).nonzero().view(-1)
+            raise IntegrationError(
+                f"The state became NaN/Inf at time index {int(bad[0])} "
+                f"(t = {float(t[bad[0]]):.4g}) after {self.func.nfe} evaluations. "
+                "Try a smaller learning rate or step size, tighter tolerances, "
+                "gradient clipping, or standardised expression")
+        return out
+
+    def forward(self, data, t: Tensor, x0: Optional[Tensor] = None) -> Tensor:
+        r"""Integrates from :obj:`x0` ``[N, G]`` at :obj:`t[0]` and returns the
+        expression trajectory ``[len(t), N, G]`` (graph cell order)."""
+        self.func.set_graph(data)
+        state = self.initial_state(data, x0)
+        out = self.integrate(state, t)
+        num_cells = data[CELL].num_nodes
+        return out[..., 0].reshape(t.numel(), num_cells, self.num_genes)
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(num_genes={self.num_genes}, '
+                f'num_cell_types={self.num_cell_types}, augment={self.augment}, '
+                f"method='{self.method}', adjoint={self.adjoint})")

@@ -1,0 +1,189 @@
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn import Parameter
+
+from torch_staged.nn._fused import FusedGeneGraph
+from torch_staged.nn.conv.staged_conv import GraphInput, STAGEDConv
+from torch_staged.typing import RELATIONS, EdgeType
+
+
+class STAGEDODEFunc(torch.nn.Module):
+    r"""The STAGED vector field :math:`f(t, \mathbf{x})` for :mod:`torchdiffeq`.
+
+    For every gene node :math:`v` (gene :math:`g`, cell type :math:`\tau`):
+
+    .. math::
+        \frac{d\mathbf{x}_v}{dt} = \mathrm{MLP}_{\tau}\left(\mathbf{x}_v \,\Vert\,
+        \mathbf{m}^{\text{regulates}}_v \,\Vert\, \mathbf{m}^{\text{signals}}_v
+        \,\Vert\, \mathbf{e}_g\right) - \mathrm{softplus}(\gamma_{\tau, g})\,
+        \mathbf{x}_v
+
+    where :math:`\mathbf{m}^r_v` are the messages of :class:`STAGEDConv` (one
+    fused sparse pass over both relations), :math:`\mathbf{e}_g` the layer's gene
+    embedding, :math:`\mathrm{MLP}_\tau` a two-layer perceptron with weights per
+    cell type and :math:`\gamma_{\tau,g}` a learned decay rate. All cells of a
+    type share parameters.
+
+    The solver only passes :math:`(t, \mathbf{x})`, so the graph lives on the
+    module: call :meth:`set_graph` once before integrating. Each call increments
+    :attr:`nfe` (the number of function evaluations).
+
+    Cells can be *clamped* (:meth:`set_clamp`): their state is replaced by a
+    given trajectory (linearly interpolated in time) and their derivative is 0.
+    This is how the halo cells of a spatial tile follow their observations.
+
+    Args:
+        num_genes (int): Size :math:`G` of the gene panel.
+        num_cell_types (int): Number :math:`K` of cell types.
+        channels (int, optional): State channels :math:`F` per gene node
+            (1 + augmented latent channels). (default: :obj:`1`)
+        hidden_channels (int, optional): Message size per head. (default: :obj:`16`)
+        mlp_channels (int, optional): Hidden size of :math:`\mathrm{MLP}_\tau`.
+            (default: :obj:`32`)
+        heads (int, optional): Attention heads. (default: :obj:`1`)
+        gene_dim (int, optional): Gene embedding size. (default: :obj:`8`)
+        edge_dim (int, optional): Edge attribute size. (default: :obj:`1`)
+        attention (str, optional): ``'gat'``, ``'gatv2'`` or ``'mean'`` (uniform
+            weights over each target's edges: the no-attention baseline).
+            (default: :obj:`'gat'`)
+        backend (str, optional): Segment backend of the layer.
+            (default: :obj:`'native'`)
+        relations (tuple, optional): The gene -> gene relations.
+
+    Shapes:
+        - **input:** time :math:`()`, state :math:`(N G, F)` or :math:`(N G F)`
+        - **output:** :math:`d\mathbf{x}/dt` of the same shape as the state
+    """
+
+    def __init__(self, num_genes: int, num_cell_types: int, channels: int = 1,
+                 hidden_channels: int = 16, mlp_channels: int = 32, heads: int = 1,
+                 gene_dim: int = 8, edge_dim: int = 1, attention: str = 'gat',
+                 backend: str = 'native',
+                 relations: Tuple[EdgeType, ...] = RELATIONS):
+        super().__init__()
+        if not isinstance(mlp_channels, int) or mlp_channels < 1:
+            raise ValueError(f"'mlp_channels' must be a positive integer "
+                             f"(got {mlp_channels!r})")
+        self.num_genes = num_genes
+        self.num_cell_types = num_cell_types
+        self.channels = channels
+        self.hidden_channels = hidden_channels
+        self.mlp_channels = mlp_channels
+        self.attention = attention
+        conv_attention = 'gat' if attention == 'mean' else attention
+        self.conv = STAGEDConv(channels, hidden_channels, num_genes, num_cell_types,
+                               heads=heads, gene_dim=gene_dim, edge_dim=edge_dim,
+                               attention=conv_attention, backend=backend,
+                               relations=relations)
+        if attention == 'mean':
+            # Uniform attention: freeze the score parameters at zero.
+            for name in ('att_src', 'att_dst', 'att_edge'):
+                param = getattr(self.conv, name)
+                if param is not None:
+                    param.requires_grad_(False)
+        K = num_cell_types
+        in_dim = channels + self.conv.out_dim + gene_dim
+        self.mlp_in_channels = in_dim
+        self.weight1 = Parameter(torch.empty(K, in_dim, mlp_channels))
+        self.bias1 = Parameter(torch.empty(K, mlp_channels))
+        self.weight2 = Parameter(torch.empty(K, mlp_channels, channels))
+        self.bias2 = Parameter(torch.empty(K, channels))
+        self.decay = Parameter(torch.empty(K, num_genes))
+        self.nfe = 0
+        self._fused: Optional[FusedGeneGraph] = None
+        self._clamp: Optional[Tuple[Tensor, Tensor, Tensor]] = None
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        r"""Resets all learnable parameters (small output weights, so that the
+        initial dynamics are gentle and dominated by the decay)."""
+        self.conv.reset_parameters()
+        if self.attention == 'mean':
+            with torch.no_grad():
+                for name in ('att_src', 'att_dst', 'att_edge'):
+                    param = getattr(self.conv, name)
+                    if param is not None:
+                        param.zero_()
+        bound1 = 1.0 / math.sqrt(self.mlp_in_channels)
+        bound2 = 0.1 / math.sqrt(self.mlp_channels)
+        with torch.no_grad():
+            self.weight1.uniform_(-bound1, bound1)
+            self.bias1.uniform_(-bound1, bound1)
+            self.weight2.uniform_(-bound2, bound2)
+            self.bias2.zero_()
+            self.decay.fill_(math.log(math.expm1(0.5)))  # softplus(gamma) = 0.5
+        self.nfe = 0
+
+    # ----------------------------------------------------------------- graph
+    def set_graph(self, graph: GraphInput) -> 'STAGEDODEFunc':
+        r"""Fixes the graph for the next solves (fused and cached once)."""
+        device = self.decay.device
+        dtype = self.decay.dtype
+        self._fused = self.conv.fuse_graph(graph, device=device, dtype=dtype)
+        self._clamp = None
+        return self
+
+    @property
+    def graph(self) -> FusedGeneGraph:
+        """The fused graph set by :meth:`set_graph`."""
+        if self._fused is None:
+            raise RuntimeError("No graph is set: call func.set_graph(data) before "
+                               "integrating")
+        return self._fused
+
+    def set_clamp(self, mask: Optional[Tensor], t: Optional[Tensor] = None,
+                  values: Optional[Tensor] = None) -> 'STAGEDODEFunc':
+        r"""Clamps the gene nodes of :obj:`mask` ``[N*G]`` to the trajectory
+        :obj:`values` ``[T, N*G, F]`` at times :obj:`t` ``[T]`` (linear
+        interpolation, constant outside). :obj:`mask=None` removes the clamp."""
+        if mask is None:
+            self._clamp = None
+            return self
+        if values.dim() != 3 or values.size(0) != t.numel():
+            raise ValueError(f"Clamp values must have shape [T, N*G, F] with T = "
+                             f"{t.numel()} (got {list(values.shape)})")
+        self._clamp = (mask.view(-1, 1), t, values)
+        return self
+
+    def _clamp_values(self, t: Tensor) -> Tensor:
+        _, times, values = self._clamp
+        t = t.to(times.dtype).clamp(times[0], times[-1])
+        k = torch.searchsorted(times, t.view(1), right=True).clamp(1, times.numel() - 1)
+        k = k.squeeze(0)
+        t0, t1 = times[k - 1], times[k]
+        w = ((t - t0) / (t1 - t0)).to(values.dtype)
+        return values[k - 1] * (1 - w) + values[k] * w
+
+    # --------------------------------------------------------------- forward
+    def mlp(self, z: Tensor) -> Tensor:
+        r"""The per-cell-type MLP on ``z [N*G, in]``, one matmul per type."""
+        def apply(t: int, rows: Tensor) -> Tensor:
+            hidden = torch.tanh(rows @ self.weight1[t] + self.bias1[t])
+            return hidden @ self.weight2[t] + self.bias2[t]
+        return self.graph.per_type(z, apply)
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        self.nfe += 1
+        fused = self.graph
+        state = x.view(fused.num_nodes, self.channels)
+        if self._clamp is not None:
+            mask = self._clamp[0]
+            state = torch.where(mask, self._clamp_values(t), state)
+        messages = self.conv(state, fused)
+        emb = self.conv.node_features(state, fused.gene)[:, self.channels:]
+        z = torch.cat([state, messages, emb], dim=-1)
+        decay = F.softplus(self.decay)[fused.node_type, fused.gene].unsqueeze(-1)
+        dx = self.mlp(z) - decay * state
+        if self._clamp is not None:
+            dx = dx.masked_fill(self._clamp[0], 0.0)
+        return dx.view_as(x)
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(num_genes={self.num_genes}, '
+                f'num_cell_types={self.num_cell_types}, channels={self.channels}, '
+                f'hidden_channels={self.hidden_channels}, '
+                f'attention={self.attention!r})')
