@@ -13,15 +13,16 @@ def _randomise(conv):
             p.add_(0.3 * torch.randn_like(p))
 
 
-@pytest.mark.parametrize('attention', ['gat', 'gatv2'])
+@pytest.mark.parametrize('attention,act', [('gat', 'leaky_relu'), ('gatv2', 'leaky_relu'),
+                                          ('gat', 'smooth_leaky_relu')])
 @pytest.mark.parametrize('heads,concat,autocrine', [(1, True, False), (2, False, True),
                                                     (3, True, True)])
-def test_matches_dense_reference_float64(attention, heads, concat, autocrine):
+def test_matches_dense_reference_float64(attention, act, heads, concat, autocrine):
     torch.manual_seed(0)
     data = random_tissue(24, 6, num_cell_types=3, num_pairs=3, num_features=2,
                          autocrine=autocrine, seed=heads)
     conv = STAGEDConv(2, 4, num_genes=6, num_cell_types=3, heads=heads,
-                      concat=concat, attention=attention).double()
+                      concat=concat, attention=attention, act=act).double()
     _randomise(conv)
     x = data['gene'].x.double().requires_grad_()
 
@@ -69,6 +70,7 @@ def test_repr():
 @pytest.mark.parametrize('kwargs,match', [
     (dict(heads=0), "'heads' must be an integer >= 1"),
     (dict(attention='dot'), "'attention' must be one of"),
+    (dict(act='relu'), "'act' must be one of"),
     (dict(dropout=1.5), "'dropout' must lie in"),
     (dict(backend='cuda'), "'backend' must be one of"),
 ])

@@ -85,6 +85,49 @@ class TissueData(HeteroData):
         inv[n_id] = torch.arange(n_id.numel(), device=n_id.device)
         return value.index_select(dim, inv)
 
+    def set_trajectories(self, X: Tensor, t: Tensor, cell_order: str = 'input'
+                         ) -> 'TissueData':
+        r"""Stores expression trajectories on the graph, so that tiles and batches
+        carry them along: ``data['gene'].traj`` ``[N*G, T]`` and ``data.t`` ``[T]``.
+
+        Args:
+            X (Tensor): ``[T, N, G]`` expression at the times :obj:`t`.
+            t (Tensor): ``[T]`` strictly increasing times.
+            cell_order (str, optional): ``'input'`` if the cells of :obj:`X` are in
+                the order given to the builder, ``'graph'`` if in the graph's
+                order. (default: :obj:`'input'`)
+        """
+        X = torch.as_tensor(X)
+        t = torch.as_tensor(t)
+        if X.dim() != 3 or X.shape[1:] != (self.num_cells, self.num_genes):
+            raise ValueError(f"'X' must have shape [T, num_cells, num_genes] = "
+                             f"[T, {self.num_cells}, {self.num_genes}] (got "
+                             f"{list(X.shape)})")
+        if t.dim() != 1 or t.numel() != X.size(0):
+            raise ValueError(f"'t' must have shape [T] = [{X.size(0)}] (got "
+                             f"{list(t.shape)})")
+        if t.numel() < 2:
+            raise ValueError("Trajectories need at least two time points")
+        if not bool((t[1:] > t[:-1]).all()):
+            raise ValueError(f"'t' must be strictly increasing (got {t.tolist()})")
+        if not bool(torch.isfinite(X).all()):
+            raise ValueError("'X' has NaN or Inf entries")
+        if cell_order not in ('input', 'graph'):
+            raise ValueError(f"'cell_order' must be 'input' or 'graph' "
+                             f"(got '{cell_order}')")
+        if cell_order == 'input':
+            X = self.cells_to_graph(X, dim=1)
+        self[GENE].traj = X.reshape(X.size(0), -1).t().contiguous()
+        self.t = t.clone()
+        return self
+
+    def trajectories(self) -> Tensor:
+        """The stored trajectories as ``[T, N, G]`` in the graph's cell order."""
+        if 'traj' not in self[GENE]:
+            raise ValueError("No trajectories are stored: call set_trajectories()")
+        traj = self[GENE].traj
+        return traj.t().reshape(traj.size(1), self.num_cells, self.num_genes)
+
     def edge_counts(self) -> dict:
         """Number of edges per relation, e.g. for logging."""
         return {'near': self[NEAR].num_edges, 'regulates': self[REGULATES].num_edges,

@@ -41,6 +41,9 @@ class STAGED(torch.nn.Module):
         augment (int, optional): Latent channels per gene node. (default: :obj:`0`)
         attention (str, optional): ``'gat'``, ``'gatv2'`` or ``'mean'``.
             (default: :obj:`'gat'`)
+        act (str, optional): Score non-linearity of the attention (see
+            :class:`~torch_staged.nn.STAGEDODEFunc`).
+            (default: :obj:`'smooth_leaky_relu'`)
         backend (str, optional): ``'native'`` or ``'torch_scatter'``.
             (default: :obj:`'native'`)
         method (str, optional): Any :mod:`torchdiffeq` method. (default:
@@ -60,7 +63,8 @@ class STAGED(torch.nn.Module):
     def __init__(self, num_genes: int, num_cell_types: int, hidden_channels: int = 16,
                  mlp_channels: int = 32, heads: int = 1, gene_dim: int = 8,
                  edge_dim: int = 1, augment: int = 0, attention: str = 'gat',
-                 backend: str = 'native', method: str = 'dopri5', rtol: float = 1e-3,
+                 act: str = 'smooth_leaky_relu', backend: str = 'native',
+                 method: str = 'dopri5', rtol: float = 1e-3,
                  atol: float = 1e-4, options: Optional[Dict[str, Any]] = None,
                  adjoint: bool = False):
         super().__init__()
@@ -77,14 +81,15 @@ class STAGED(torch.nn.Module):
         self._config = dict(num_genes=num_genes, num_cell_types=num_cell_types,
                             hidden_channels=hidden_channels, mlp_channels=mlp_channels,
                             heads=heads, gene_dim=gene_dim, edge_dim=edge_dim,
-                            augment=augment, attention=attention, backend=backend,
+                            augment=augment, attention=attention, act=act,
+                            backend=backend,
                             method=method, rtol=rtol, atol=atol,
                             options=self.options, adjoint=adjoint)
         self.func = STAGEDODEFunc(num_genes, num_cell_types, channels=1 + augment,
                                   hidden_channels=hidden_channels,
                                   mlp_channels=mlp_channels, heads=heads,
                                   gene_dim=gene_dim, edge_dim=edge_dim,
-                                  attention=attention, backend=backend)
+                                  attention=attention, act=act, backend=backend)
 
     @property
     def config(self) -> Dict[str, Any]:

@@ -175,7 +175,11 @@ def fuse_gene_graph(
         if edge_dim > 0:
             if attr is None:
                 attr = torch.zeros(src.numel(), edge_dim, device=device)
-            attr = attr.view(src.numel(), -1)
+            if attr.dim() == 1:
+                attr = attr.view(-1, 1)
+            if attr.dim() != 2 or attr.size(0) != src.numel():
+                raise ValueError(f"The edge attributes of {rel} must have shape "
+                                 f"[{src.numel()}, {edge_dim}] (got {list(attr.shape)})")
             if attr.size(1) != edge_dim:
                 raise ValueError(f"The edge attributes of {rel} have {attr.size(1)} "
                                  f"columns, but the layer expects edge_dim={edge_dim}")

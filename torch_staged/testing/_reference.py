@@ -8,7 +8,6 @@ outputs and gradients can be compared with the fused layer's.
 from typing import Dict, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from torch_staged.typing import CELL, GENE, NEAR, REGULATES, SIGNALS, EdgeType
@@ -26,13 +25,13 @@ def _scores(conv, key: int, h_src: Tensor, h_dst: Tensor, edge_term_in: Tensor) 
         if conv.att_edge is not None:
             logits = logits + torch.einsum('abe,eh->abh', edge_term_in,
                                            conv.att_edge[key])
-        return F.leaky_relu(logits, conv.negative_slope)
+        return conv.score_activation(logits)
     w_src = conv.lin_src.view(D, R * K, H * C)[:, key]
     w_dst = conv.lin_dst.view(D, R * K, H * C)[:, key]
     hidden = (h_src @ w_src)[:, None, :] + (h_dst @ w_dst)[None, :, :]
     if conv.lin_edge is not None:
         hidden = hidden + torch.einsum('abe,ec->abc', edge_term_in, conv.lin_edge[key])
-    hidden = F.leaky_relu(hidden, conv.negative_slope).view(*hidden.shape[:2], H, C)
+    hidden = conv.score_activation(hidden).view(*hidden.shape[:2], H, C)
     return (hidden * conv.att[key]).sum(-1)
 
 

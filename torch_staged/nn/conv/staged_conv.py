@@ -17,6 +17,7 @@ GraphInput = Union[FusedGeneGraph, HeteroData, Dict[EdgeType, Tensor]]
 AttentionDict = Dict[EdgeType, Tuple[Tensor, Tensor]]
 
 ATTENTION_TYPES = ('gat', 'gatv2')
+ACTIVATIONS = ('leaky_relu', 'smooth_leaky_relu')
 
 
 class STAGEDConv(MessagePassing):
@@ -83,6 +84,11 @@ class STAGEDConv(MessagePassing):
         concat (bool, optional): Concatenate heads (else average them).
             (default: :obj:`True`)
         negative_slope (float, optional): LeakyReLU slope. (default: :obj:`0.2`)
+        act (str, optional): The score non-linearity: ``'leaky_relu'`` (as in GAT)
+            or ``'smooth_leaky_relu'``, :math:`s x + (1 - s)\,\mathrm{softplus}(x)`,
+            which has the same asymptotes but no kink. Use the smooth one inside
+            ODEs integrated with adaptive solvers or the adjoint method, whose
+            accuracy assumes a smooth vector field. (default: :obj:`'leaky_relu'`)
         dropout (float, optional): Dropout on the attention coefficients.
             (default: :obj:`0.0`)
         bias (bool, optional): Add a learnable bias. (default: :obj:`True`)
@@ -158,6 +164,7 @@ class STAGEDConv(MessagePassing):
         edge_dim: int = 1,
         concat: bool = True,
         negative_slope: float = 0.2,
+        act: str = 'leaky_relu',
         dropout: float = 0.0,
         bias: bool = True,
         attention: str = 'gat',
@@ -179,6 +186,8 @@ class STAGEDConv(MessagePassing):
         if attention not in ATTENTION_TYPES:
             raise ValueError(f"'attention' must be one of {ATTENTION_TYPES} "
                              f"(got '{attention}')")
+        if act not in ACTIVATIONS:
+            raise ValueError(f"'act' must be one of {ACTIVATIONS} (got '{act}')")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"'dropout' must lie in [0, 1) (got {dropout})")
         if len(relations) == 0:
@@ -193,6 +202,7 @@ class STAGEDConv(MessagePassing):
         self.edge_dim = edge_dim
         self.concat = concat
         self.negative_slope = negative_slope
+        self.act = act
         self.dropout = dropout
         self.attention = attention
         self.backend = check_backend(backend)
@@ -278,6 +288,8 @@ class STAGEDConv(MessagePassing):
         if isinstance(graph, HeteroData):
             tensors = [graph[rel].edge_index for rel in self.relations
                        if rel in graph.edge_types]
+            tensors.extend(graph[rel].edge_attr for rel in self.relations
+                           if rel in graph.edge_types and 'edge_attr' in graph[rel])
             tensors.append(graph['cell'].cell_type)
         elif isinstance(graph, dict):
             if cell_type is None:
@@ -373,6 +385,13 @@ class STAGEDConv(MessagePassing):
         emb = self.gene_emb.weight.to(x.dtype).index_select(0, gene)
         return torch.cat([x, emb], dim=-1)
 
+    def score_activation(self, value: Tensor) -> Tensor:
+        r"""The non-linearity of the attention score (see :obj:`act`)."""
+        if self.act == 'leaky_relu':
+            return F.leaky_relu(value, self.negative_slope)
+        slope = self.negative_slope
+        return slope * value + (1.0 - slope) * F.softplus(value)
+
     def edge_update(self, h: Tensor, key: Tensor, edge_attr: Tensor,
                     edge_index_j: Tensor, index: Tensor, slot_ptr: Tensor,
                     node_type: Tensor, dim_size: int) -> Tensor:
@@ -391,7 +410,7 @@ class STAGEDConv(MessagePassing):
             if self.att_edge is not None:
                 w_edge = self.att_edge.index_select(0, key)  # [E, D_e, H]
                 logits = logits + (edge_attr.unsqueeze(-1) * w_edge).sum(1)
-            logits = F.leaky_relu(logits, self.negative_slope)
+            logits = self.score_activation(logits)
         else:
             p_src = (h @ self.lin_src).view(num_nodes * R * K, H * C)
             p_dst = (h @ self.lin_dst).view(num_nodes, R, K, H * C)
@@ -401,7 +420,7 @@ class STAGEDConv(MessagePassing):
             if self.lin_edge is not None:
                 w_edge = self.lin_edge.index_select(0, key)  # [E, D_e, H*C]
                 hidden = hidden + (edge_attr.unsqueeze(-1) * w_edge).sum(1)
-            hidden = F.leaky_relu(hidden, self.negative_slope).view(-1, H, C)
+            hidden = self.score_activation(hidden).view(-1, H, C)
             logits = (hidden * self.att.index_select(0, key)).sum(-1)
         alpha = segment_softmax(logits, index, slot_ptr, dim_size, self.backend)
         return F.dropout(alpha, p=self.dropout, training=self.training)
@@ -430,6 +449,8 @@ class STAGEDConv(MessagePassing):
         extra = ''
         if self.attention != 'gat':
             extra += f", attention='{self.attention}'"
+        if self.act != 'leaky_relu':
+            extra += f", act='{self.act}'"
         if self.backend != 'native':
             extra += f", backend='{self.backend}'"
         return (f'{self.__class__.__name__}({self.in_channels}, '

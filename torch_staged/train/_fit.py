@@ -1,0 +1,407 @@
+"""The STAGED training loop."""
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from torch_staged.data.tissue_data import TissueData
+from torch_staged.models.staged import STAGED, IntegrationError
+from torch_staged.train._checkpoint import load_checkpoint, save_checkpoint
+from torch_staged.typing import CELL, GENE
+
+LOSS_MODES = ('one_step', 'window', 'rollout')
+HOLDOUTS = ('time', 'cells', None)
+SCHEDULERS = ('plateau', 'cosine', None)
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: the per-epoch history and the best epoch."""
+    history: List[Dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val_loss: float = math.inf
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+    def __repr__(self) -> str:
+        last = self.history[-1] if self.history else {}
+        return (f'FitResult(epochs={len(self.history)}, best_epoch={self.best_epoch}, '
+                f'best_val_loss={self.best_val_loss:.4g}, '
+                f"train_loss={last.get('train_loss', float('nan')):.4g}, "
+                f'stopped_early={self.stopped_early})')
+
+
+@dataclass
+class _Unit:
+    """One graph (a tissue or a tile) with its trajectories and masks."""
+    data: TissueData
+    traj: Tensor  # [T, N*G]
+    loss_mask: Tensor  # [N*G] bool, nodes that enter the training loss
+    val_mask: Tensor  # [N*G] bool, nodes of the validation metric
+    clamp: Optional[Tensor]  # [N*G] bool, nodes that follow their observations
+
+
+def _windows(mode: str, last: int, width: int) -> List[Tuple[int, int]]:
+    """(start, end) time-index windows covering 0..last."""
+    if last < 1:
+        return []
+    if mode == 'one_step':
+        return [(k, k + 1) for k in range(last)]
+    if mode == 'window':
+        return [(k, min(k + width, last)) for k in range(0, last, width)]
+    return [(0, last)]
+
+
+def _prepare_units(data, X, t, holdout, holdout_size, cell_order, device, dtype,
+                   generator) -> Tuple[List[_Unit], Tensor, int]:
+    graphs = list(data) if isinstance(data, (list, tuple)) else [data]
+    if not graphs:
+        raise ValueError("'data' is an empty list of tiles")
+    if X is not None:
+        if len(graphs) != 1:
+            raise ValueError("Pass trajectories with data.set_trajectories() "
+                             "before tiling; 'X' works with a single tissue only")
+        graphs = [graphs[0].clone().set_trajectories(X, t, cell_order)]
+    for g in graphs:
+        if 'traj' not in g[GENE] or 't' not in g:
+            raise ValueError("No trajectories: pass X and t, or call "
+                             "data.set_trajectories(X, t) first")
+    times = graphs[0].t.to(device=device, dtype=dtype)
+    num_times = times.numel()
+    if holdout == 'time':
+        if not isinstance(holdout_size, int) or not 1 <= holdout_size <= num_times - 2:
+            raise ValueError(f"holdout='time' needs an integer holdout_size in "
+                             f"1..{num_times - 2} for {num_times} time points "
+                             f"(got {holdout_size!r})")
+        last_train = num_times - 1 - holdout_size
+    else:
+        last_train = num_times - 1
+    if holdout == 'cells' and not 0 < float(holdout_size) < 1:
+        raise ValueError(f"holdout='cells' needs a fraction 0 < holdout_size < 1 "
+                         f"(got {holdout_size!r})")
+
+    units = []
+    for g in graphs:
+        g = g.to(device)
+        G = g.num_genes
+        interior = g[CELL].get('interior', None)
+        if interior is None:
+            interior = torch.ones(g.num_cells, dtype=torch.bool, device=device)
+        clamped = g[CELL].get('clamped', None)
+        loss_cells = interior.clone()
+        val_cells = interior.clone()
+        if holdout == 'cells':
+            pick = torch.rand(g.num_cells, generator=generator) < float(holdout_size)
+            pick = pick.to(device)
+            loss_cells &= ~pick
+            val_cells &= pick
+        traj = g[GENE].traj.t().to(dtype)
+        units.append(_Unit(
+            g, traj, loss_cells.repeat_interleave(G), val_cells.repeat_interleave(G),
+            None if clamped is None or not bool(clamped.any())
+            else clamped.repeat_interleave(G)))
+    return units, times, last_train
+
+
+def _solve_window(model: STAGED, unit: _Unit, times: Tensor, start: int, end: int
+                  ) -> Tensor:
+    """Predictions ``[end - start, N*G]`` at ``times[start + 1 .. end]``."""
+    model.func.set_graph(unit.data)
+    if unit.clamp is not None:
+        values = unit.traj.unsqueeze(-1)
+        if model.augment:
+            values = torch.cat([values, values.new_zeros(
+                values.shape[:2] + (model.augment, ))], dim=-1)
+        model.func.set_clamp(unit.clamp, times, values)
+    state = model.initial_state(unit.data, unit.traj[start])
+    out = model.integrate(state, times[start:end + 1])
+    return out[1:, :, 0]
+
+
+def _masked_loss(loss_fn: Callable, pred: Tensor, target: Tensor, mask: Tensor
+                 ) -> Tensor:
+    return loss_fn(pred[:, mask], target[:, mask])
+
+
+def _json_ready(value):
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def fit(
+    model: STAGED,
+    data: Union[TissueData, Sequence[TissueData]],
+    X: Optional[Tensor] = None,
+    t: Optional[Tensor] = None,
+    *,
+    loss: str = 'one_step',
+    window: int = 4,
+    epochs: int = 100,
+    lr: float = 1e-2,
+    weight_decay: float = 0.0,
+    scheduler: Optional[str] = 'plateau',
+    clip_grad: Optional[float] = 1.0,
+    holdout: Optional[str] = 'time',
+    holdout_size: Union[int, float] = 1,
+    patience: Optional[int] = 20,
+    restore_best: bool = True,
+    tiles_per_step: int = 1,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.mse_loss,
+    cell_order: str = 'input',
+    seed: int = 0,
+    checkpoint: Optional[Union[str, os.PathLike]] = None,
+    checkpoint_every: int = 1,
+    resume: Optional[Union[str, os.PathLike]] = None,
+    history_path: Optional[Union[str, os.PathLike]] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    progress: bool = True,
+    callback: Optional[Callable[[Dict[str, float]], None]] = None,
+) -> FitResult:
+    r"""Fits a :class:`~torch_staged.models.STAGED` model to expression trajectories.
+
+    The training loss compares predicted and observed expression over windows of
+    the observed times :math:`t_0 < \dots < t_{T-1}`:
+
+    * ``'one_step'``: integrate from each observed :math:`\mathbf{x}(t_k)` to
+      :math:`t_{k+1}`;
+    * ``'window'``: multiple shooting, from :math:`\mathbf{x}(t_k)` over the
+      next :obj:`window` times, for :math:`k = 0, w, 2w, \dots`;
+    * ``'rollout'``: one free solve from :math:`\mathbf{x}(t_0)`.
+
+    Each (graph, window) pair is one optimiser step (Adam), in an order shuffled
+    by :obj:`seed`. A held-out split is scored after every epoch: the last
+    :obj:`holdout_size` time points (``holdout='time'``, a free rollout from the
+    last training time) or a fraction of the cells that never enter the loss
+    (``holdout='cells'``, one-step error on those cells).
+
+    Large tissues: pass a list of tiles from :func:`torch_staged.data.tile`
+    (trajectories set with :meth:`TissueData.set_trajectories` before tiling);
+    :obj:`tiles_per_step` tiles are batched into one solve. Halo cells follow
+    their observations and only interior cells enter the loss.
+
+    Args:
+        model (STAGED): The model (trained in place).
+        data (TissueData or list): A tissue, or a list of tiles.
+        X (Tensor, optional): ``[T, N, G]`` expression (see :obj:`cell_order`);
+            else ``data['gene'].traj`` is used.
+        t (Tensor, optional): ``[T]`` observation times.
+        loss (str, optional): ``'one_step'``, ``'window'`` or ``'rollout'``.
+        window (int, optional): Window length of ``'window'``. (default: :obj:`4`)
+        epochs (int, optional): Maximum number of epochs. (default: :obj:`100`)
+        lr (float, optional): Learning rate. (default: :obj:`1e-2`)
+        weight_decay (float, optional): Adam weight decay. (default: :obj:`0`)
+        scheduler (str, optional): ``'plateau'`` (on the validation loss),
+            ``'cosine'`` or :obj:`None`. (default: :obj:`'plateau'`)
+        clip_grad (float, optional): Gradient-norm clipping. (default: :obj:`1.0`)
+        holdout (str, optional): ``'time'``, ``'cells'`` or :obj:`None`.
+        holdout_size (int or float, optional): Held-out time points, or fraction
+            of cells. (default: :obj:`1`)
+        patience (int, optional): Early stopping after this many epochs without
+            a better validation loss (:obj:`None`: never). (default: :obj:`20`)
+        restore_best (bool, optional): Load the best epoch's parameters at the
+            end. (default: :obj:`True`)
+        tiles_per_step (int, optional): Tiles per solve. (default: :obj:`1`)
+        loss_fn (callable, optional): ``loss_fn(pred, target)``. (default: MSE)
+        cell_order (str, optional): Order of the cells of :obj:`X`: ``'input'``
+            (as given to the builder) or ``'graph'``. (default: :obj:`'input'`)
+        seed (int, optional): Seed of the shuffling and of the held-out cells.
+        checkpoint (path, optional): Written atomically every
+            :obj:`checkpoint_every` epochs: config, model / optimiser / scheduler
+            state, history, best state and RNG states.
+        resume (path, optional): Continue from a checkpoint; on CPU with the same
+            seed this gives exactly the parameters of an uninterrupted run.
+        history_path (path, optional): Where to write the history as JSON.
+        device (optional): Device to train on (model and data are moved).
+        progress (bool, optional): Show a tqdm progress bar. (default: :obj:`True`)
+        callback (callable, optional): Called with each epoch's record.
+
+    Returns:
+        :class:`FitResult` (history with ``train_loss``, ``val_loss``, ``lr``,
+        ``nfe``, ``seconds`` per epoch).
+    """
+    if loss not in LOSS_MODES:
+        raise ValueError(f"'loss' must be one of {LOSS_MODES} (got '{loss}')")
+    if holdout not in HOLDOUTS:
+        raise ValueError(f"'holdout' must be one of {HOLDOUTS} (got '{holdout}')")
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"'scheduler' must be one of {SCHEDULERS} (got '{scheduler}')")
+    for name, value in (('epochs', epochs), ('window', window),
+                        ('tiles_per_step', tiles_per_step),
+                        ('checkpoint_every', checkpoint_every)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"'{name}' must be a positive integer (got {value!r})")
+    if not lr > 0:
+        raise ValueError(f"'lr' must be positive (got {lr!r})")
+
+    device = torch.device(device) if device is not None else model.func.decay.device
+    model.to(device)
+    dtype = model.func.decay.dtype
+    generator = torch.Generator().manual_seed(seed)
+    units, times, last_train = _prepare_units(data, X, t, holdout, holdout_size,
+                                              cell_order, device, dtype, generator)
+    windows = _windows(loss, last_train, window)
+    if not windows:
+        raise ValueError("No training window: keep at least two training times")
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if scheduler == 'plateau':
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5,
+                                                           patience=5)
+    elif scheduler == 'cosine':
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    else:
+        sched = None
+
+    fit_config = _json_ready(dict(
+        loss=loss, window=window, epochs=epochs, lr=lr, weight_decay=weight_decay,
+        scheduler=scheduler, clip_grad=clip_grad, holdout=holdout,
+        holdout_size=holdout_size, patience=patience, tiles_per_step=tiles_per_step,
+        cell_order=cell_order, seed=seed))
+    result = FitResult()
+    best_state = None
+    start_epoch = 0
+    if resume is not None:
+        state = load_checkpoint(resume, map_location=device)
+        if state['config'] != _json_ready(model.config):
+            raise ValueError("The checkpoint was written for another model config: "
+                             f"{state['config']} != {model.config}")
+        model.load_state_dict(state['model'])
+        optimizer.load_state_dict(state['optimizer'])
+        if sched is not None and state.get('scheduler') is not None:
+            sched.load_state_dict(state['scheduler'])
+        result.history = list(state['history'])
+        best = state.get('best') or {}
+        result.best_epoch = int(best.get('epoch', -1))
+        result.best_val_loss = float(best.get('val_loss', math.inf))
+        best_state = best.get('state')
+        torch.set_rng_state(state['rng']['torch'])
+        generator.set_state(state['rng']['generator'])
+        start_epoch = int(state['epoch']) + 1
+
+    num_steps = len(units) * len(windows)
+    bar = tqdm(range(start_epoch, epochs), disable=not progress, desc='fit',
+               unit='epoch', dynamic_ncols=True)
+    bad_epochs = 0
+    if result.history and result.best_epoch >= 0:
+        bad_epochs = len(result.history) - 1 - result.best_epoch
+    started = time.perf_counter()
+    for epoch in bar:
+        tic = time.perf_counter()
+        model.train()
+        model.reset_nfe()
+        order = torch.randperm(num_steps, generator=generator).tolist()
+        jobs = [(i // len(windows), windows[i % len(windows)]) for i in order]
+        total, count = 0.0, 0
+        for step in range(0, len(jobs), tiles_per_step):
+            group = jobs[step:step + tiles_per_step]
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for unit_id, (a, b) in group:
+                unit = units[unit_id]
+                try:
+                    pred = _solve_window(model, unit, times, a, b)
+                except IntegrationError as err:
+                    raise IntegrationError(
+                        f"Epoch {epoch}, step {step} (graph {unit_id}, window "
+                        f"t[{a}]->t[{b}]): {err}") from None
+                value = _masked_loss(loss_fn, pred, unit.traj[a + 1:b + 1],
+                                     unit.loss_mask) / len(group)
+                if not bool(torch.isfinite(value)):
+                    raise IntegrationError(
+                        f"Epoch {epoch}, step {step}: the loss is {float(value)}. "
+                        "Try a smaller learning rate, gradient clipping or "
+                        "standardised expression")
+                value.backward()
+                step_loss += float(value.detach())
+            if clip_grad is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip_grad)
+            optimizer.step()
+            total += step_loss
+            count += 1
+        train_loss = total / max(count, 1)
+        nfe = model.nfe
+
+        val_loss = _validate(model, units, times, holdout, last_train, loss_fn)
+        monitor = val_loss if val_loss is not None else train_loss
+        if sched is not None:
+            if scheduler == 'plateau':
+                sched.step(monitor)
+            else:
+                sched.step()
+        record = dict(epoch=epoch, train_loss=train_loss,
+                      val_loss=val_loss if val_loss is not None else float('nan'),
+                      lr=optimizer.param_groups[0]['lr'], nfe=nfe,
+                      seconds=time.perf_counter() - tic)
+        result.history.append(record)
+        if monitor < result.best_val_loss:
+            result.best_val_loss, result.best_epoch = float(monitor), epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+        bar.set_postfix(loss=f'{train_loss:.4g}', val=f'{record["val_loss"]:.4g}',
+                        nfe=nfe)
+        if callback is not None:
+            callback(record)
+        stop = patience is not None and bad_epochs >= patience
+        if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0 or stop
+                                       or epoch == epochs - 1):
+            save_checkpoint(checkpoint, dict(
+                config=_json_ready(model.config), fit_config=fit_config,
+                model=model.state_dict(), optimizer=optimizer.state_dict(),
+                scheduler=sched.state_dict() if sched is not None else None,
+                history=result.history, epoch=epoch,
+                best=dict(epoch=result.best_epoch, val_loss=result.best_val_loss,
+                          state=best_state),
+                rng=dict(torch=torch.get_rng_state(), generator=generator.get_state())))
+        if stop:
+            result.stopped_early = True
+            break
+    bar.close()
+    result.seconds = time.perf_counter() - started
+    if restore_best and best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    if history_path is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(history_path)), exist_ok=True)
+        with open(history_path, 'w') as f:
+            json.dump(dict(history=result.history, best_epoch=result.best_epoch,
+                           best_val_loss=result.best_val_loss,
+                           fit_config=fit_config), f, indent=1)
+    return result
+
+
+@torch.no_grad()
+def _validate(model: STAGED, units: List[_Unit], times: Tensor, holdout: Optional[str],
+              last_train: int, loss_fn: Callable) -> Optional[float]:
+    if holdout is None:
+        return None
+    model.eval()
+    total, weight = 0.0, 0
+    for unit in units:
+        if not bool(unit.val_mask.any()):
+            continue
+        if holdout == 'time':
+            pairs = [(last_train, times.numel() - 1)]
+        else:
+            pairs = _windows('one_step', times.numel() - 1, 1)
+        for a, b in pairs:
+            pred = _solve_window(model, unit, times, a, b)
+            total += float(_masked_loss(loss_fn, pred, unit.traj[a + 1:b + 1],
+                                        unit.val_mask))
+            weight += 1
+    model.train()
+    return total / max(weight, 1)
