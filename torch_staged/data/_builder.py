@@ -15,7 +15,15 @@ from torch_staged.data._neighbors import (
 )
 from torch_staged.data._priors import MISSING_OPTIONS, grn_templates, lr_pair_table
 from torch_staged.data.tissue_data import TissueData
-from torch_staged.typing import CELL, GENE, NEAR, REGULATES, SIGNALS, ArrayLike, PairTable
+from torch_staged.typing import (
+    CELL,
+    GENE,
+    NEAR,
+    REGULATES,
+    SIGNALS,
+    ArrayLike,
+    PairTable,
+)
 
 NEIGHBOR_RULES = ('knn', 'radius', 'delaunay')
 
@@ -99,7 +107,8 @@ def _check_genes(genes: Union[Sequence[str], int]) -> list:
 
 def _segment_arange(counts: Tensor, ptr: Tensor) -> Tensor:
     """For CSR segments of sizes ``counts``, each element's position within its
-    segment: ``[0, 1, .., c0-1, 0, .., c1-1, ...]``."""
+    segment: ``[0, 1, .., c0-1, 0, .., c1-1, ...]``.
+    """
     total = int(ptr[-1])
     owner = torch.repeat_interleave(torch.arange(counts.numel()), counts,
                                     output_size=total)

@@ -82,7 +82,8 @@ def map_genes(frame: pd.DataFrame, columns: Tuple[str, str],
 def lr_pair_table(lr_pairs: Optional[PairTable], gene_index: Dict[str, int],
                   missing_genes: str) -> pd.DataFrame:
     """Ligand -> receptor table with ``ligand_index`` / ``receptor_index`` columns,
-    deduplicated and sorted by (receptor, ligand) index."""
+    deduplicated and sorted by (receptor, ligand) index.
+    """
     cols = ('ligand', 'receptor')
     if lr_pairs is None:
         empty = pd.DataFrame({'ligand': [], 'receptor': [], 'ligand_index': [],

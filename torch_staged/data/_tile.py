@@ -92,12 +92,12 @@ def tile(data: TissueData, tile_size: float, halo: int = 1,
             cells = grown
         core = inner if halo > 1 else interior
 
-        def relabel(ids: Tensor) -> Tensor:
+        def relabel(ids: Tensor, cells: Tensor = cells) -> Tensor:
             return torch.searchsorted(cells, ids)
 
-        def relabel_nodes(ids: Tensor) -> Tensor:
+        def relabel_nodes(ids: Tensor, cells: Tensor = cells) -> Tensor:
             cell = torch.div(ids, num_genes, rounding_mode='floor')
-            return relabel(cell) * num_genes + ids % num_genes
+            return torch.searchsorted(cells, cell) * num_genes + ids % num_genes
 
         sub = TissueData()
         for k in _GLOBAL_KEYS:

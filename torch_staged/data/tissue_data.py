@@ -75,7 +75,8 @@ class TissueData(HeteroData):
 
     def cells_to_graph(self, value: Tensor, dim: int = 0) -> Tensor:
         """Reorders dimension :obj:`dim` of :obj:`value` from the user's cell
-        order to the graph's cell order (e.g. ``X[T, N, G]`` with ``dim=1``)."""
+        order to the graph's cell order (e.g. ``X[T, N, G]`` with ``dim=1``).
+        """
         return value.index_select(dim, self[CELL].n_id.to(value.device))
 
     def cells_to_input(self, value: Tensor, dim: int = 0) -> Tensor:

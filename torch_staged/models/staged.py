@@ -116,7 +116,8 @@ class STAGED(torch.nn.Module):
 
     def initial_state(self, data, x0: Optional[Tensor] = None) -> Tensor:
         r"""The solver state ``[N*G, 1 + augment]`` from :obj:`x0` ``[N, G]`` (or
-        from ``data['gene'].x[:, 0]``)."""
+        from ``data['gene'].x[:, 0]``).
+        """
         num_nodes = data[GENE].num_nodes
         if x0 is None:
             if 'x' not in data[GENE]:
@@ -133,7 +134,8 @@ class STAGED(torch.nn.Module):
 
     def integrate(self, state: Tensor, t: Tensor) -> Tensor:
         r"""Integrates a full solver state ``[N*G, F]`` over :obj:`t`; returns
-        ``[T, N*G, F]``. The graph must be set (:meth:`forward` does it)."""
+        ``[T, N*G, F]``. The graph must be set (:meth:`forward` does it).
+        """
         t = t.to(state)
         solve = odeint_adjoint if self.adjoint else odeint
         kwargs = dict(method=self.method, rtol=self.rtol, atol=self.atol,
@@ -160,7 +162,8 @@ class STAGED(torch.nn.Module):
 
     def forward(self, data, t: Tensor, x0: Optional[Tensor] = None) -> Tensor:
         r"""Integrates from :obj:`x0` ``[N, G]`` at :obj:`t[0]` and returns the
-        expression trajectory ``[len(t), N, G]`` (graph cell order)."""
+        expression trajectory ``[len(t), N, G]`` (graph cell order).
+        """
         self.func.set_graph(data)
         state = self.initial_state(data, x0)
         out = self.integrate(state, t)

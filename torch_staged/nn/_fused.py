@@ -62,7 +62,7 @@ class FusedGeneGraph(NamedTuple):
 
     @property
     def num_nodes(self) -> int:
-        """Number of gene nodes :math:`N \\cdot G`."""
+        r"""Number of gene nodes :math:`N \cdot G`."""
         return self.gene.numel()
 
     @property
@@ -72,7 +72,8 @@ class FusedGeneGraph(NamedTuple):
 
     def to(self, device=None, dtype: Optional[torch.dtype] = None) -> 'FusedGeneGraph':
         """Moves the index tensors to :obj:`device` and casts the edge attributes
-        to :obj:`dtype`."""
+        to :obj:`dtype`.
+        """
         fields = {}
         for name, value in self._asdict().items():
             if isinstance(value, Tensor):
@@ -102,7 +103,8 @@ class FusedGeneGraph(NamedTuple):
 
     def unfuse(self, value: Tensor) -> Tuple[Tensor, ...]:
         """Splits a per-edge tensor in fused order into one tensor per relation,
-        each in that relation's own edge order."""
+        each in that relation's own edge order.
+        """
         out = torch.empty_like(value)
         out[self.perm] = value
         return tuple(out.split(list(self.rel_sizes), dim=0))
@@ -116,7 +118,8 @@ class FusedGeneGraph(NamedTuple):
 
 def _merge_positions(keys: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
     """Positions of each sorted key list in the merge of all of them (stable:
-    ties keep list order), computed with ``searchsorted`` instead of a sort."""
+    ties keep list order), computed with ``searchsorted`` instead of a sort.
+    """
     out = []
     for i, key in enumerate(keys):
         pos = torch.arange(key.numel(), device=key.device)

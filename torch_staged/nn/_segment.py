@@ -1,12 +1,12 @@
-"""Memory-lean segment kernels for the fused attention pass.
+r"""Memory-lean segment kernels for the fused attention pass.
 
 Two autograd functions whose saved state is a few scalars per edge and head:
 
 * :class:`SegmentSoftmax` -- softmax of edge logits ``[E, H]`` within segments
-  (``seg`` sorted or not); saves only the output :math:`\\alpha`.
-* :class:`WeightedAggregate` -- :math:`out_s = \\sum_{e: seg_e = s}
-  \\alpha_e \\, x_{src_e}` for ``alpha [E, H]`` and ``x [N, D]``; saves
-  :math:`\\alpha` and the indices, never the gathered ``[E, H, D]`` messages
+  (``seg`` sorted or not); saves only the output :math:`\alpha`.
+* :class:`WeightedAggregate` -- :math:`out_s = \sum_{e: seg_e = s}
+  \alpha_e \, x_{src_e}` for ``alpha [E, H]`` and ``x [N, D]``; saves
+  :math:`\alpha` and the indices, never the gathered ``[E, H, D]`` messages
   (they are recomputed in the backward pass).
 
 Both have two backends: ``'native'`` (pure PyTorch ``index_add_`` /
@@ -17,8 +17,8 @@ installed). They give the same results up to float summation order.
 from typing import Optional, Tuple
 
 import torch
-from torch.autograd.function import once_differentiable
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 try:  # optional accelerated backend
     import torch_scatter  # type: ignore
@@ -121,12 +121,14 @@ class WeightedAggregate(torch.autograd.Function):
 def segment_softmax(logits: Tensor, seg: Tensor, ptr: Tensor, num_segments: int,
                     backend: str = 'native') -> Tensor:
     r"""Softmax of ``logits`` ``[E, H]`` within the segments given by ``seg`` ``[E]``
-    (sorted, with CSR pointer ``ptr`` ``[S + 1]``)."""
+    (sorted, with CSR pointer ``ptr`` ``[S + 1]``).
+    """
     return SegmentSoftmax.apply(logits, seg, ptr, num_segments, backend)
 
 
 def weighted_aggregate(alpha: Tensor, x: Tensor, src: Tensor, seg: Tensor, ptr: Tensor,
                        num_segments: int, backend: str = 'native') -> Tensor:
     r"""Attention-weighted sum of source rows, ``[S, H, D]``; see
-    :class:`WeightedAggregate`."""
+    :class:`WeightedAggregate`.
+    """
     return WeightedAggregate.apply(alpha, x, src, seg, ptr, num_segments, backend)

@@ -105,7 +105,8 @@ class STAGEDODEFunc(torch.nn.Module):
 
     def reset_parameters(self):
         r"""Resets all learnable parameters (small output weights, so that the
-        initial dynamics are gentle and dominated by the decay)."""
+        initial dynamics are gentle and dominated by the decay).
+        """
         self.conv.reset_parameters()
         if self.attention == 'mean':
             with torch.no_grad():
@@ -144,7 +145,8 @@ class STAGEDODEFunc(torch.nn.Module):
                   values: Optional[Tensor] = None) -> 'STAGEDODEFunc':
         r"""Clamps the gene nodes of :obj:`mask` ``[N*G]`` to the trajectory
         :obj:`values` ``[T, N*G, F]`` at times :obj:`t` ``[T]`` (linear
-        interpolation, constant outside). :obj:`mask=None` removes the clamp."""
+        interpolation, constant outside). :obj:`mask=None` removes the clamp.
+        """
         if mask is None:
             self._clamp = None
             return self
@@ -172,6 +174,7 @@ class STAGEDODEFunc(torch.nn.Module):
         return self.graph.per_type(z, apply)
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        r"""Returns :math:`d\mathbf{x}/dt` at time :obj:`t` for state :obj:`x`."""
         self.nfe += 1
         fused = self.graph
         state = x.view(fused.num_nodes, self.channels)

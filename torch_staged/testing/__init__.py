@@ -1,5 +1,6 @@
 r"""Slow, obvious references used to check the fast paths (and small data
-generators for tests)."""
+generators for tests).
+"""
 from torch_staged.testing._reference import dense_staged_conv
 from torch_staged.testing._tissues import random_tissue
 

@@ -15,7 +15,8 @@ from torch_staged.typing import CELL, GENE, NEAR, REGULATES, SIGNALS, EdgeType
 
 def _scores(conv, key: int, h_src: Tensor, h_dst: Tensor, edge_term_in: Tensor) -> Tensor:
     """Attention logits for every pair of rows of ``h_src [A, D]`` and ``h_dst [B, D]``
-    with pairwise edge attributes ``edge_term_in [A, B, D_e]``: ``[A, B, H]``."""
+    with pairwise edge attributes ``edge_term_in [A, B, D_e]``: ``[A, B, H]``.
+    """
     R, K, H, C = conv.num_relations, conv.num_cell_types, conv.heads, conv.out_channels
     D = conv.node_dim_in
     if conv.attention == 'gat':
@@ -37,7 +38,8 @@ def _scores(conv, key: int, h_src: Tensor, h_dst: Tensor, edge_term_in: Tensor) 
 
 def _masked_softmax(logits: Tensor, mask: Tensor) -> Tensor:
     """Softmax over dim 0 of ``logits [A, B, H]`` where ``mask [A, B]``; an empty
-    column gives zeros."""
+    column gives zeros.
+    """
     logits = logits.masked_fill(~mask[:, :, None], float('-inf'))
     alpha = torch.softmax(logits, dim=0)
     return torch.where(mask[:, :, None], alpha, torch.zeros_like(alpha))

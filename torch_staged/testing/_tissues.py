@@ -13,7 +13,8 @@ def random_tissue(num_cells: int = 30, num_genes: int = 6, num_cell_types: int =
                   **kwargs) -> TissueData:
     """A random tissue (uniform positions of density 1) with a random per-type GRN
     of :obj:`regulators` regulators per gene (all pairs when :obj:`None`),
-    :obj:`num_pairs` ligand -> receptor pairs and random states ``x``."""
+    :obj:`num_pairs` ligand -> receptor pairs and random states ``x``.
+    """
     rng = np.random.default_rng(seed)
     side = np.sqrt(num_cells)
     pos = rng.uniform(0, side, (num_cells, 2))

@@ -19,7 +19,8 @@ def _check_json(value: Any, what: str):
 def save_checkpoint(path: Union[str, os.PathLike], state: Dict[str, Any]) -> None:
     """Writes :obj:`state` to :obj:`path` atomically (a temporary file in the same
     folder, then :func:`os.replace`), so a crash never leaves a half-written
-    checkpoint. Only tensors and plain Python values are stored."""
+    checkpoint. Only tensors and plain Python values are stored.
+    """
     _check_json(state.get('config', {}), 'config')
     _check_json(state.get('fit_config', {}), 'fit_config')
     path = os.fspath(path)
@@ -40,7 +41,8 @@ def save_checkpoint(path: Union[str, os.PathLike], state: Dict[str, Any]) -> Non
 
 def load_checkpoint(path: Union[str, os.PathLike], map_location=None) -> Dict[str, Any]:
     """Reads a checkpoint with ``weights_only=True``: a checkpoint can hold only
-    tensors and plain values, never code, so an untrusted file cannot run code."""
+    tensors and plain values, never code, so an untrusted file cannot run code.
+    """
     if not os.path.exists(path):
         raise FileNotFoundError(f"No checkpoint at '{path}'")
     state = torch.load(path, map_location=map_location, weights_only=True)
@@ -52,7 +54,8 @@ def load_checkpoint(path: Union[str, os.PathLike], map_location=None) -> Dict[st
 
 def load_model(path: Union[str, os.PathLike], map_location=None) -> Tuple[Any, Dict]:
     """Rebuilds the :class:`~torch_staged.models.STAGED` model of a checkpoint
-    (best parameters when the fit kept them) and returns ``(model, checkpoint)``."""
+    (best parameters when the fit kept them) and returns ``(model, checkpoint)``.
+    """
     from torch_staged.models import STAGED
     state = load_checkpoint(path, map_location)
     model = STAGED.from_config(state['config'])

@@ -4,7 +4,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -220,6 +220,8 @@ def fit(
         checkpoint (path, optional): Written atomically every
             :obj:`checkpoint_every` epochs: config, model / optimiser / scheduler
             state, history, best state and RNG states.
+        checkpoint_every (int, optional): Epochs between checkpoints.
+            (default: :obj:`1`)
         resume (path, optional): Continue from a checkpoint; on CPU with the same
             seed this gives exactly the parameters of an uninterrupted run.
         history_path (path, optional): Where to write the history as JSON.

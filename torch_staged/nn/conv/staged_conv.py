@@ -237,7 +237,7 @@ class STAGEDConv(MessagePassing):
 
     @property
     def node_dim_in(self) -> int:
-        """Size :math:`D = F + \\text{gene\\_dim}` of :math:`\\mathbf{h}_v`."""
+        r"""Size :math:`D = F + \text{gene\_dim}` of :math:`\mathbf{h}_v`."""
         return self.in_channels + self.gene_dim
 
     @property
@@ -278,8 +278,8 @@ class STAGEDConv(MessagePassing):
             cell_type (Tensor, optional): ``[N]`` cell types, needed with an edge
                 index dict (gene nodes are then ``cell * G + gene``).
             edge_attr_dict (dict, optional): Edge attributes for an edge index dict.
-            device, dtype (optional): Where to place the structure and the dtype
-                of its edge attributes.
+            device (torch.device, optional): Where to place the structure.
+            dtype (torch.dtype, optional): The dtype of its edge attributes.
         """
         if isinstance(graph, FusedGeneGraph):
             if device is not None or dtype is not None:
@@ -379,7 +379,8 @@ class STAGEDConv(MessagePassing):
 
     def node_features(self, x: Tensor, gene: Tensor) -> Tensor:
         r"""The layer's node input :math:`\mathbf{h}_v = \mathbf{x}_v \Vert
-        \mathbf{e}_{g(v)}`, shape ``[N*G, D]``."""
+        \mathbf{e}_{g(v)}`, shape ``[N*G, D]``.
+        """
         if self.gene_emb is None:
             return x
         emb = self.gene_emb.weight.to(x.dtype).index_select(0, gene)
@@ -395,6 +396,7 @@ class STAGEDConv(MessagePassing):
     def edge_update(self, h: Tensor, key: Tensor, edge_attr: Tensor,
                     edge_index_j: Tensor, index: Tensor, slot_ptr: Tensor,
                     node_type: Tensor, dim_size: int) -> Tensor:
+        r"""Attention coefficients :math:`\alpha` ``[E, H]`` of the fused edges."""
         R, K, H, C = (self.num_relations, self.num_cell_types, self.heads,
                       self.out_channels)
         num_nodes = h.size(0)
@@ -426,6 +428,7 @@ class STAGEDConv(MessagePassing):
         return F.dropout(alpha, p=self.dropout, training=self.training)
 
     def message(self, alpha: Tensor) -> Tensor:
+        r"""The message of an edge: its attention coefficients."""
         # The message of an edge is its attention weight: the gather of the
         # source state is fused with the sum in :meth:`aggregate`, so no
         # per-edge hidden vector is ever stored.
@@ -433,10 +436,14 @@ class STAGEDConv(MessagePassing):
 
     def aggregate(self, inputs: Tensor, h: Tensor, edge_index_j: Tensor,
                   index: Tensor, slot_ptr: Tensor, dim_size: int) -> Tensor:
+        r"""Fused gather and sum :math:`\sum_e \alpha_e \mathbf{h}_{src(e)}` per
+        slot, ``[N*G*R, H, D]``.
+        """
         return weighted_aggregate(inputs, h, edge_index_j, index, slot_ptr,
                                   dim_size, self.backend)  # [NG * R, H, D]
 
     def update(self, inputs: Tensor, fused: FusedGeneGraph) -> Tensor:
+        r"""Applies :math:`\mathbf{V}_{r,\tau}` per target cell type, ``[N*G, R, H, C]``."""
         # V_{r, tau} applied after aggregation, one matmul per cell type.
         R, H = self.num_relations, self.heads
         agg = inputs.view(-1, R, H, self.node_dim_in)
