@@ -188,7 +188,7 @@ def fit(
 
     Large tissues: pass a list of tiles from :func:`torch_staged.data.tile`
     (trajectories set with :meth:`TissueData.set_trajectories` before tiling);
-    :obj:`tiles_per_step` tiles are batched into one solve. Halo cells follow
+    the gradients of :obj:`tiles_per_step` tiles are summed per optimiser step. Halo cells follow
     their observations and only interior cells enter the loss.
 
     Args:
@@ -212,7 +212,8 @@ def fit(
             a better validation loss (:obj:`None`: never). (default: :obj:`20`)
         restore_best (bool, optional): Load the best epoch's parameters at the
             end. (default: :obj:`True`)
-        tiles_per_step (int, optional): Tiles per solve. (default: :obj:`1`)
+        tiles_per_step (int, optional): Graphs (tiles) per optimiser step.
+            (default: :obj:`1`)
         loss_fn (callable, optional): ``loss_fn(pred, target)``. (default: MSE)
         cell_order (str, optional): Order of the cells of :obj:`X`: ``'input'``
             (as given to the builder) or ``'graph'``. (default: :obj:`'input'`)
