@@ -5,47 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from torch_staged.data import build_tissue_graph, tile
+from torch_staged.data import tile
 from torch_staged.models import STAGED, IntegrationError
-from torch_staged.testing import random_tissue
+from torch_staged.testing import linear_coupled_tissue, random_tissue
 from torch_staged.train import fit, load_checkpoint, load_model
-
-
-def linear_coupled_system(num_cells=30, seed=0):
-    """A tiny known linear system, in graph order:
-    dL/dt = -0.5 L + 0.3 (1 + type), dR/dt = mean_neighbours(L) - R,
-    dT/dt = R - 0.4 T. The receptor R is driven by the neighbours' ligand."""
-    rng = np.random.default_rng(seed)
-    pos = rng.uniform(0, 6, (num_cells, 2))
-    cell_type = rng.integers(0, 2, num_cells)
-    data = build_tissue_graph(pos, cell_type, ['L', 'R', 'T'], [('L', 'R')],
-                              [('R', 'T'), ('T', 'L')], k=4)
-    src, dst = data['cell', 'near', 'cell'].edge_index
-    deg = torch.bincount(dst, minlength=num_cells).double()
-    kind = data['cell'].cell_type.double()
-
-    def rhs(x):
-        L, R, T = x.unbind(1)
-        mean_l = torch.zeros(num_cells, dtype=x.dtype).index_add_(0, dst, L[src]) / deg
-        return torch.stack([-0.5 * L + 0.3 * (1 + kind), mean_l - R, R - 0.4 * T], 1)
-
-    x = torch.tensor(rng.uniform(0, 1, (num_cells, 3)))
-    times = torch.linspace(0, 4, 11)
-    states, h = [x], 0.01
-    for _ in range(10):
-        for _ in range(40):  # RK4, step 0.01
-            k1 = rhs(x)
-            k2 = rhs(x + h / 2 * k1)
-            k3 = rhs(x + h / 2 * k2)
-            k4 = rhs(x + h * k3)
-            x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-        states.append(x)
-    return data, torch.stack(states).float(), times
 
 
 def test_learns_a_linear_coupled_system():
     torch.manual_seed(0)
-    data, X, t = linear_coupled_system()
+    data, X, t = linear_coupled_tissue()
     model = STAGED(3, 2, hidden_channels=8, mlp_channels=16)
     result = fit(model, data, X, t, epochs=40, lr=0.02, holdout_size=3, patience=None,
                  cell_order='graph', progress=False)
