@@ -44,7 +44,9 @@ def random_tissue(num_cells: int = 30, num_genes: int = 6, num_cell_types: int =
 
 def linear_coupled_tissue(num_cells: int = 30, seed: int = 0
                           ) -> Tuple[TissueData, Tensor, Tensor]:
-    r"""A tiny tissue with known linear coupled dynamics (genes ``L``, ``R``, ``T``):
+    r"""A tiny tissue with known linear coupled dynamics of genes L, R and T.
+
+    The dynamics are
 
     .. math::
         \dot L_i = -0.5 L_i + 0.3 (1 + \tau_i), \quad
