@@ -312,6 +312,7 @@ def machine_info(device='cpu') -> Dict[str, object]:
         'torch_staged': getattr(torch_staged, '__version__', None),
         'numpy': np.__version__,
         'torch_num_threads': torch.get_num_threads(),
+        'loadavg': os.getloadavg() if hasattr(os, 'getloadavg') else None,
         'device': str(device),
         'device_name': (torch.cuda.get_device_name(device) if device.type == 'cuda'
                         else _cpu_model()),

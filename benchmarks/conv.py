@@ -71,6 +71,13 @@ def parse_args(argv=None):
                         help='out_channels per head of every implementation')
     parser.add_argument('--runs', type=int, default=5, help='timed runs (median)')
     parser.add_argument('--warmup', type=int, default=2, help='untimed runs first')
+    parser.add_argument('--size-runs', nargs='+', default=[], metavar='CELLS:RUNS:WARMUP',
+                        help='override --runs / --warmup at some sizes, e.g. '
+                             '100000:1:1')
+    parser.add_argument('--dense-runs', type=int, default=1,
+                        help='timed runs of the (very slow) dense reference')
+    parser.add_argument('--dense-warmup', type=int, default=0,
+                        help='untimed runs of the dense reference')
     parser.add_argument('--backward', action=argparse.BooleanOptionalAction,
                         default=True,
                         help='also time forward + backward (of out.sum() w.r.t. '
@@ -212,7 +219,8 @@ def run_single(args):
     name = impl + ('+compile' if args.compile and impl in STAGED_IMPLS else '')
     record = {'impl': name, 'cells': cells, 'genes': args.genes, 'k': args.k,
               'lr_pairs': args.lr_pairs, 'heads': args.heads, 'hidden': args.hidden,
-              'device': str(device), 'threads': args.threads, 'runs': args.runs}
+              'device': str(device), 'threads': args.threads, 'runs': args.runs,
+              'warmup': args.warmup, 'loadavg_before': os.getloadavg()[0]}
     try:
         torch.manual_seed(args.seed)
         start = time.perf_counter()
@@ -256,6 +264,7 @@ def run_single(args):
         record['mem_method'] = mem['method']
         if args.profile and impl in STAGED_IMPLS:
             record['profile_top'] = profile_top_ops(measured, device)
+        record['loadavg_after'] = os.getloadavg()[0]
     except (RuntimeError, MemoryError) as err:
         if not is_out_of_memory(err):
             traceback.print_exc()
@@ -269,12 +278,29 @@ def run_single(args):
 
 
 # --------------------------------------------------------------------------- driver
+def runs_for(args, impl, cells):
+    """``(runs, warmup)`` of one configuration."""
+    runs, warmup = args.runs, args.warmup
+    for spec in args.size_runs:
+        try:
+            size, size_runs, size_warmup = (int(v) for v in spec.split(':'))
+        except ValueError:
+            raise SystemExit(f"--size-runs expects CELLS:RUNS:WARMUP (got '{spec}')"
+                             ) from None
+        if size == cells:
+            runs, warmup = size_runs, size_warmup
+    if impl == 'dense':
+        runs, warmup = min(runs, args.dense_runs), min(warmup, args.dense_warmup)
+    return runs, warmup
+
+
 def child_argv(args, impl, cells, mem_limit):
+    runs, warmup = runs_for(args, impl, cells)
     argv = [os.path.abspath(__file__), '--single', impl, '--cells', str(cells),
             '--device', args.device, '--genes', str(args.genes), '--k', str(args.k),
             '--lr-pairs', str(args.lr_pairs), '--regulators', str(args.regulators),
             '--heads', str(args.heads), '--hidden', str(args.hidden),
-            '--runs', str(args.runs), '--warmup', str(args.warmup),
+            '--runs', str(runs), '--warmup', str(warmup),
             '--threads', str(args.threads), '--seed', str(args.seed),
             '--heteroconv-aggr', args.heteroconv_aggr,
             '--backward' if args.backward else '--no-backward']

@@ -173,15 +173,18 @@ class STAGEDODEFunc(torch.nn.Module):
             return hidden @ self.weight2[t] + self.bias2[t]
         return self.graph.per_type(z, apply)
 
-    def forward(self, t: Tensor, x: Tensor) -> Tensor:
-        r"""Returns :math:`d\mathbf{x}/dt` at time :obj:`t` for state :obj:`x`."""
+    def forward(self, t: Tensor, x: Tensor, source_shift: Optional[Tensor] = None
+                ) -> Tensor:
+        r"""Returns :math:`d\mathbf{x}/dt` at time :obj:`t` for state :obj:`x`
+        (see :class:`STAGEDConv` for :obj:`source_shift`).
+        """
         self.nfe += 1
         fused = self.graph
         state = x.view(fused.num_nodes, self.channels)
         if self._clamp is not None:
             mask = self._clamp[0]
             state = torch.where(mask, self._clamp_values(t), state)
-        messages = self.conv(state, fused)
+        messages = self.conv(state, fused, source_shift=source_shift)
         emb = self.conv.node_features(state, fused.gene)[:, self.channels:]
         z = torch.cat([state, messages, emb], dim=-1)
         decay = F.softplus(self.decay)[fused.node_type, fused.gene].unsqueeze(-1)
@@ -189,6 +192,35 @@ class STAGEDODEFunc(torch.nn.Module):
         if self._clamp is not None:
             dx = dx.masked_fill(self._clamp[0], 0.0)
         return dx.view_as(x)
+
+    def edge_jacobian(self, x: Tensor, t: Optional[Tensor] = None
+                      ) -> Tuple[Tensor, ...]:
+        r"""The derivative :math:`\partial \dot{x}_v / \partial x_u` through every
+        gene -> gene edge :math:`u \to v`, for all edges in **one** backward pass.
+
+        Each edge gets its own copy of the source state (a zero shift
+        :math:`\delta_e`, see :class:`STAGEDConv`); since :math:`\delta_e` only
+        reaches the edge's target, :math:`\partial \sum_v \dot{x}_v /
+        \partial \delta_e = \partial \dot{x}_{v(e)} / \partial x_{u(e)}` along
+        that edge. For :math:`u \neq v` (every edge from
+        :func:`~torch_staged.data.build_tissue_graph`) this is the full Jacobian
+        entry. Expression channel 0 to channel 0.
+
+        Args:
+            x (Tensor): The state ``[N*G, F]`` (or ``[N*G]``) at which to evaluate.
+            t (Tensor, optional): The time (matters only with clamped cells).
+
+        Returns:
+            One ``[E_r]`` tensor per relation, in that relation's edge order.
+        """
+        fused = self.graph
+        t = torch.zeros((), dtype=x.dtype, device=x.device) if t is None else t
+        state = x.detach().reshape(fused.num_nodes, self.channels)
+        shift = state.new_zeros(fused.num_edges, self.channels, requires_grad=True)
+        with torch.enable_grad():
+            dx = self.forward(t, state, source_shift=shift)
+            (grad, ) = torch.autograd.grad(dx[:, 0].sum(), shift)
+        return fused.unfuse(grad[:, 0])
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(num_genes={self.num_genes}, '

@@ -10,7 +10,12 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.nn.inits import glorot, zeros
 
 from torch_staged.nn._fused import FusedGeneGraph, fuse_from_hetero, fuse_gene_graph
-from torch_staged.nn._segment import check_backend, segment_softmax, weighted_aggregate
+from torch_staged.nn._segment import (
+    check_backend,
+    segment_softmax,
+    segment_sum,
+    weighted_aggregate,
+)
 from torch_staged.typing import GENE, RELATIONS, EdgeType
 
 GraphInput = Union[FusedGeneGraph, HeteroData, Dict[EdgeType, Tensor]]
@@ -335,6 +340,7 @@ class STAGEDConv(MessagePassing):
         cell_type: Optional[Tensor] = None,
         edge_attr_dict: Optional[Dict[EdgeType, Tensor]] = None,
         return_attention_weights: Optional[bool] = None,
+        source_shift: Optional[Tensor] = None,
     ) -> Union[Tensor, Tuple[Tensor, AttentionDict]]:
         r"""Runs the layer.
 
@@ -345,6 +351,12 @@ class STAGEDConv(MessagePassing):
             edge_attr_dict (dict, optional): Edge attributes (edge index dict only).
             return_attention_weights (bool, optional): Also return the attention
                 coefficients of every edge, per relation. (default: :obj:`None`)
+            source_shift (Tensor, optional): ``[E, F]`` per-edge shifts of the
+                source state, in the fused edge order: edge :math:`e = (u \to v)`
+                sees :math:`\mathbf{x}_u + \delta_e` instead of :math:`\mathbf{x}_u`.
+                Its gradient at 0 is the derivative of the output of :math:`v`
+                through that edge, for every edge in one backward pass (see
+                :meth:`~torch_staged.nn.STAGEDODEFunc.edge_jacobian`).
         """
         if isinstance(x, dict):
             x = x[GENE]
@@ -359,12 +371,18 @@ class STAGEDConv(MessagePassing):
         h = self.node_features(x, fused.gene)
         num_slots = fused.num_nodes * self.num_relations
 
+        if source_shift is not None and source_shift.shape != (fused.num_edges,
+                                                               self.in_channels):
+            raise ValueError(f"'source_shift' must have shape [num_edges, in_channels] "
+                             f"= [{fused.num_edges}, {self.in_channels}] (got "
+                             f"{list(source_shift.shape)})")
         alpha = self.edge_updater(fused.edge_index, h=h, key=fused.key,
                                   edge_attr=fused.edge_attr, slot_ptr=fused.slot_ptr,
-                                  node_type=fused.node_type,
+                                  node_type=fused.node_type, source_shift=source_shift,
                                   size=(fused.num_nodes, num_slots))
         out = self.propagate(fused.edge_index, h=h, alpha=alpha,
                              slot_ptr=fused.slot_ptr, fused=fused,
+                             source_shift=source_shift,
                              size=(fused.num_nodes, num_slots))  # [NG, R, H, C]
         out = out.flatten(1, 3) if self.concat else out.mean(dim=2).flatten(1, 2)
         if self.bias is not None:
@@ -395,7 +413,8 @@ class STAGEDConv(MessagePassing):
 
     def edge_update(self, h: Tensor, key: Tensor, edge_attr: Tensor,
                     edge_index_j: Tensor, index: Tensor, slot_ptr: Tensor,
-                    node_type: Tensor, dim_size: int) -> Tensor:
+                    node_type: Tensor, source_shift: Optional[Tensor],
+                    dim_size: int) -> Tensor:
         r"""Attention coefficients :math:`\alpha` ``[E, H]`` of the fused edges."""
         R, K, H, C = (self.num_relations, self.num_cell_types, self.heads,
                       self.out_channels)
@@ -409,6 +428,10 @@ class STAGEDConv(MessagePassing):
             s_dst = s_dst.gather(2, node_type.view(-1, 1, 1, 1).expand(
                 -1, R, 1, H)).view(num_nodes * R, H)  # target's own type
             logits = s_src.index_select(0, src_key) + s_dst.index_select(0, index)
+            if source_shift is not None:
+                a_x = self.att_src[:self.in_channels].view(-1, R * K, H).transpose(0, 1)
+                logits = logits + torch.einsum('ef,efh->eh', source_shift,
+                                               a_x.index_select(0, key))
             if self.att_edge is not None:
                 w_edge = self.att_edge.index_select(0, key)  # [E, D_e, H]
                 logits = logits + (edge_attr.unsqueeze(-1) * w_edge).sum(1)
@@ -419,6 +442,10 @@ class STAGEDConv(MessagePassing):
             p_dst = p_dst.gather(2, node_type.view(-1, 1, 1, 1).expand(
                 -1, R, 1, H * C)).view(num_nodes * R, H * C)
             hidden = p_src.index_select(0, src_key) + p_dst.index_select(0, index)
+            if source_shift is not None:
+                w_x = self.lin_src[:self.in_channels].view(-1, R * K, H * C).transpose(0, 1)
+                hidden = hidden + torch.einsum('ef,efc->ec', source_shift,
+                                               w_x.index_select(0, key))
             if self.lin_edge is not None:
                 w_edge = self.lin_edge.index_select(0, key)  # [E, D_e, H*C]
                 hidden = hidden + (edge_attr.unsqueeze(-1) * w_edge).sum(1)
@@ -435,12 +462,19 @@ class STAGEDConv(MessagePassing):
         return alpha
 
     def aggregate(self, inputs: Tensor, h: Tensor, edge_index_j: Tensor,
-                  index: Tensor, slot_ptr: Tensor, dim_size: int) -> Tensor:
+                  index: Tensor, slot_ptr: Tensor, source_shift: Optional[Tensor],
+                  dim_size: int) -> Tensor:
         r"""Fused gather and sum :math:`\sum_e \alpha_e \mathbf{h}_{src(e)}` per
         slot, ``[N*G*R, H, D]``.
         """
-        return weighted_aggregate(inputs, h, edge_index_j, index, slot_ptr,
-                                  dim_size, self.backend)  # [NG * R, H, D]
+        out = weighted_aggregate(inputs, h, edge_index_j, index, slot_ptr,
+                                 dim_size, self.backend)  # [NG * R, H, D]
+        if source_shift is not None:
+            pad = source_shift.new_zeros(source_shift.size(0), self.gene_dim)
+            shift = torch.cat([source_shift, pad], dim=-1)
+            out = out + segment_sum(inputs.unsqueeze(-1) * shift.unsqueeze(1), index,
+                                    slot_ptr, dim_size, self.backend)
+        return out
 
     def update(self, inputs: Tensor, fused: FusedGeneGraph) -> Tensor:
         r"""Applies :math:`\mathbf{V}_{r,\tau}` per target cell type, ``[N*G, R, H, C]``."""
