@@ -5,7 +5,7 @@ from torch import Tensor
 from torchdiffeq import odeint, odeint_adjoint
 
 from torch_staged.nn.ode_func import STAGEDODEFunc
-from torch_staged.typing import CELL, GENE
+from torch_staged.typing import CELL, GENE, REGULATES, RELATIONS
 
 SOLVER_KWARGS = ('method', 'rtol', 'atol', 'options', 'adjoint')
 
@@ -44,6 +44,9 @@ class STAGED(torch.nn.Module):
         act (str, optional): Score non-linearity of the attention (see
             :class:`~torch_staged.nn.STAGEDODEFunc`).
             (default: :obj:`'smooth_leaky_relu'`)
+        signalling (bool, optional): Use the intercellular ``signals`` relation;
+            :obj:`False` gives a cell-autonomous graph ODE (the ``no_signalling``
+            baseline). (default: :obj:`True`)
         backend (str, optional): ``'native'`` or ``'torch_scatter'``.
             (default: :obj:`'native'`)
         method (str, optional): Any :mod:`torchdiffeq` method. (default:
@@ -63,8 +66,8 @@ class STAGED(torch.nn.Module):
     def __init__(self, num_genes: int, num_cell_types: int, hidden_channels: int = 16,
                  mlp_channels: int = 32, heads: int = 1, gene_dim: int = 8,
                  edge_dim: int = 1, augment: int = 0, attention: str = 'gat',
-                 act: str = 'smooth_leaky_relu', backend: str = 'native',
-                 method: str = 'dopri5', rtol: float = 1e-3,
+                 act: str = 'smooth_leaky_relu', signalling: bool = True,
+                 backend: str = 'native', method: str = 'dopri5', rtol: float = 1e-3,
                  atol: float = 1e-4, options: Optional[Dict[str, Any]] = None,
                  adjoint: bool = False):
         super().__init__()
@@ -82,14 +85,16 @@ class STAGED(torch.nn.Module):
                             hidden_channels=hidden_channels, mlp_channels=mlp_channels,
                             heads=heads, gene_dim=gene_dim, edge_dim=edge_dim,
                             augment=augment, attention=attention, act=act,
-                            backend=backend,
+                            signalling=signalling, backend=backend,
                             method=method, rtol=rtol, atol=atol,
                             options=self.options, adjoint=adjoint)
         self.func = STAGEDODEFunc(num_genes, num_cell_types, channels=1 + augment,
                                   hidden_channels=hidden_channels,
                                   mlp_channels=mlp_channels, heads=heads,
                                   gene_dim=gene_dim, edge_dim=edge_dim,
-                                  attention=attention, act=act, backend=backend)
+                                  attention=attention, act=act, backend=backend,
+                                  relations=RELATIONS if signalling else (REGULATES, ))
+        self.signalling = signalling
 
     @property
     def config(self) -> Dict[str, Any]:
@@ -171,6 +176,34 @@ class STAGED(torch.nn.Module):
         return out[..., 0].reshape(t.numel(), num_cells, self.num_genes)
 
     def __repr__(self) -> str:
+        extra = ''
+        if self.func.attention != 'gat':
+            extra += f", attention='{self.func.attention}'"
+        if not self.signalling:
+            extra += ', signalling=False'
         return (f'{self.__class__.__name__}(num_genes={self.num_genes}, '
                 f'num_cell_types={self.num_cell_types}, augment={self.augment}, '
-                f"method='{self.method}', adjoint={self.adjoint})")
+                f"method='{self.method}', adjoint={self.adjoint}{extra})")
+
+
+#: The baselines of the paper's ablations, as :class:`STAGED` keyword arguments.
+BASELINES: Dict[str, Dict[str, Any]] = {
+    'staged': {},
+    'no_signalling': {'signalling': False},
+    'no_attention': {'attention': 'mean'},
+}
+
+
+def make_model(name: str, num_genes: int, num_cell_types: int, **kwargs) -> STAGED:
+    r"""Builds STAGED or one of its baselines by name.
+
+    * ``'staged'``: the full model;
+    * ``'no_signalling'``: intercellular edges removed (a cell-autonomous
+      graph ODE);
+    * ``'no_attention'``: uniform (mean) aggregation instead of attention.
+
+    Extra keyword arguments go to :class:`STAGED`.
+    """
+    if name not in BASELINES:
+        raise ValueError(f"Unknown model '{name}': choose one of {list(BASELINES)}")
+    return STAGED(num_genes, num_cell_types, **{**kwargs, **BASELINES[name]})

@@ -448,7 +448,7 @@ def simulate_tissue(
         spacing (float, optional): Typical distance between cells.
             (default: :obj:`1.0`)
         num_patches (int, optional): Number of Voronoi patches of cell types.
-            (default: :obj:`2 * num_cell_types`)
+            (default: :obj:`3 * num_cell_types`)
         k (int, optional): Number of spatial neighbours (kNN) a cell receives
             ligands from. (default: :obj:`8`)
         length_scale (float, optional): Decay length :math:`\lambda` of the
@@ -497,8 +497,9 @@ def simulate_tissue(
           Both go straight into
           :func:`~torch_staged.data.build_tissue_graph`;
         * ``uns['truth']``: a dict with ``intracellular`` (DataFrame cell_type,
-          source, target, sign, strength, K, in_prior: every true edge, and every
-          false prior edge with strength 0), ``intercellular`` (DataFrame
+          source, target, sign, strength, K: the rows of the GRN prior, i.e.
+          every true edge and every false prior edge, the latter with sign and
+          strength 0 and K NaN), ``intercellular`` (DataFrame
           ligand, receptor, sender_type, receiver_type, strength: every pair of
           the table for every (sender, receiver) type pair, strength 0 when
           inactive or decoy), ``genes`` (DataFrame gene, role), ``basal`` and
@@ -569,7 +570,7 @@ def simulate_tissue(
     if k >= num_cells:
         raise ValueError(f"'k' must be smaller than 'num_cells' (got k={k} for "
                          f"{num_cells} cells)")
-    num_patches = _check_int(2 * num_cell_types if num_patches is None else num_patches,
+    num_patches = _check_int(3 * num_cell_types if num_patches is None else num_patches,
                              'num_patches', 1)
     if num_patches < num_cell_types and cell_type is None:
         raise ValueError(f"'num_patches' must be at least 'num_cell_types' = "
@@ -657,13 +658,11 @@ def _tables(truth: _Truth, regulators_per_gene: int) -> Dict:
     true_part = pd.DataFrame({
         'cell_type': types[grn['type_code']], 'source': genes[grn['source']],
         'target': genes[grn['target']], 'sign': np.sign(grn['strength']).astype(np.int64),
-        'strength': grn['strength'].to_numpy(), 'K': grn['K'].to_numpy(),
-        'in_prior': True})
+        'strength': grn['strength'].to_numpy(), 'K': grn['K'].to_numpy()})
     false_part = pd.DataFrame({
         'cell_type': types[false['type_code']], 'source': genes[false['source']],
         'target': genes[false['target']], 'sign': np.zeros(len(false), np.int64),
-        'strength': np.zeros(len(false)), 'K': np.full(len(false), np.nan),
-        'in_prior': True})
+        'strength': np.zeros(len(false)), 'K': np.full(len(false), np.nan)})
     intracellular = pd.concat([true_part, false_part], ignore_index=True)
     intracellular = intracellular.sort_values(['cell_type', 'target', 'source'])
     intracellular = intracellular.reset_index(drop=True)

@@ -1,0 +1,126 @@
+"""Tables of learned interaction strengths."""
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from torch_staged.data.tissue_data import TissueData
+from torch_staged.typing import CELL, GENE, REGULATES, SIGNALS, EdgeType
+
+METHODS = ('attention', 'jacobian')
+
+
+def _states(data: TissueData, states: Optional[Tensor]) -> Tensor:
+    if states is None:
+        if 'traj' in data[GENE]:
+            return data.trajectories()
+        if 'x' in data[GENE]:
+            return data[GENE].x[:, 0].view(1, data.num_cells, data.num_genes)
+        raise ValueError("Give 'states' [S, N, G] (graph cell order), or store "
+                         "trajectories on the graph with data.set_trajectories()")
+    if states.dim() == 2:
+        states = states.unsqueeze(0)
+    if states.shape[1:] != (data.num_cells, data.num_genes):
+        raise ValueError(f"'states' must have shape [S, {data.num_cells}, "
+                         f"{data.num_genes}] (got {list(states.shape)})")
+    return states
+
+
+@torch.no_grad()
+def _attention(model, data, state: Tensor) -> Dict[EdgeType, Tensor]:
+    func = model.func
+    x = model.initial_state(data, state)
+    _, att = func.conv(x, func.graph, return_attention_weights=True)
+    return {rel: alpha.mean(-1) for rel, (_, alpha) in att.items()}
+
+
+def edge_scores(model, data: TissueData, states: Optional[Tensor] = None,
+                method: str = 'jacobian') -> Dict[EdgeType, Tensor]:
+    r"""Per-edge learned interaction strength, averaged over :obj:`states`.
+
+    Args:
+        model (STAGED): A fitted model.
+        data (TissueData): The tissue.
+        states (Tensor, optional): ``[S, N, G]`` expression states (graph cell
+            order) at which to evaluate, e.g. the observed trajectory. Defaults to
+            the stored trajectories.
+        method (str, optional): ``'attention'`` (the attention coefficient,
+            averaged over heads) or ``'jacobian'`` (the derivative
+            :math:`\partial \dot{x}_v / \partial x_u` through the edge, see
+            :meth:`~torch_staged.nn.STAGEDODEFunc.edge_jacobian`).
+            (default: :obj:`'jacobian'`)
+
+    Returns:
+        ``{relation: [E_r] scores}`` in each relation's own edge order.
+    """
+    if method not in METHODS:
+        raise ValueError(f"'method' must be one of {METHODS} (got '{method}')")
+    states = _states(data, states).to(model.func.decay)
+    model.func.set_graph(data)
+    relations = model.func.conv.relations
+    total = None
+    for state in states:
+        if method == 'attention':
+            scores = _attention(model, data, state)
+        else:
+            x = model.initial_state(data, state)
+            scores = dict(zip(relations, model.func.edge_jacobian(x)))
+        total = scores if total is None else {r: total[r] + scores[r] for r in total}
+    return {r: v / states.size(0) for r, v in total.items()}
+
+
+def interaction_tables(model, data: TissueData, states: Optional[Tensor] = None,
+                       method: str = 'jacobian') -> Tuple[pd.DataFrame, pd.DataFrame]:
+    r"""Learned interaction strengths aggregated the way a biologist reads them.
+
+    * intracellular: one row per (cell type, source gene, target gene) of the
+      prior GRN;
+    * intercellular: one row per (ligand, receptor, sender type, receiver type).
+
+    Each row has ``score`` (the mean per-edge score, signed for the Jacobian),
+    ``abs_score`` (the mean absolute score, used to rank) and ``n_edges``; rows
+    are sorted by ``abs_score``, strongest first.
+
+    Args:
+        model (STAGED): A fitted model.
+        data (TissueData): The tissue.
+        states (Tensor, optional): See :func:`edge_scores`.
+        method (str, optional): ``'attention'`` or ``'jacobian'``.
+
+    Returns:
+        ``(intracellular, intercellular)`` DataFrames.
+    """
+    scores = edge_scores(model, data, states, method)
+    genes = np.asarray(data.gene_names)
+    types = np.asarray(data.cell_type_names)
+    G = data.num_genes
+    cell_type = data[CELL].cell_type.cpu().numpy()
+
+    def frame(rel: EdgeType, columns: Dict[str, np.ndarray]) -> pd.DataFrame:
+        value = scores[rel].detach().cpu().numpy()
+        out = pd.DataFrame(dict(columns, score=value, abs_score=np.abs(value)))
+        keys = list(columns)
+        out = out.groupby(keys, sort=False, observed=True).agg(
+            score=('score', 'mean'), abs_score=('abs_score', 'mean'),
+            n_edges=('score', 'size')).reset_index()
+        return out.sort_values('abs_score', ascending=False, kind='stable'
+                               ).reset_index(drop=True)
+
+    src, dst = (v.cpu().numpy() for v in data[REGULATES].edge_index)
+    intra = frame(REGULATES, {'cell_type': types[cell_type[dst // G]],
+                              'source': genes[src % G], 'target': genes[dst % G]})
+    if SIGNALS in scores and data[SIGNALS].num_edges > 0:
+        src, dst = (v.cpu().numpy() for v in data[SIGNALS].edge_index)
+        pairs = np.asarray(data.lr_pairs, dtype=object).reshape(-1, 2)
+        lr = data[SIGNALS].lr_pair.cpu().numpy()
+        inter = frame(SIGNALS, {'ligand': pairs[lr, 0].astype(str),
+                                'receptor': pairs[lr, 1].astype(str),
+                                'sender_type': types[cell_type[src // G]],
+                                'receiver_type': types[cell_type[dst // G]]})
+    else:
+        inter = pd.DataFrame(columns=['ligand', 'receptor', 'sender_type',
+                                      'receiver_type', 'score', 'abs_score',
+                                      'n_edges'])
+    return intra, inter
