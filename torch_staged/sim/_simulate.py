@@ -448,7 +448,7 @@ def simulate_tissue(
         spacing (float, optional): Typical distance between cells.
             (default: :obj:`1.0`)
         num_patches (int, optional): Number of Voronoi patches of cell types.
-            (default: :obj:`3 * num_cell_types`)
+            (default: :obj:`4 * num_cell_types`)
         k (int, optional): Number of spatial neighbours (kNN) a cell receives
             ligands from. (default: :obj:`8`)
         length_scale (float, optional): Decay length :math:`\lambda` of the
@@ -570,7 +570,7 @@ def simulate_tissue(
     if k >= num_cells:
         raise ValueError(f"'k' must be smaller than 'num_cells' (got k={k} for "
                          f"{num_cells} cells)")
-    num_patches = _check_int(3 * num_cell_types if num_patches is None else num_patches,
+    num_patches = _check_int(4 * num_cell_types if num_patches is None else num_patches,
                              'num_patches', 1)
     if num_patches < num_cell_types and cell_type is None:
         raise ValueError(f"'num_patches' must be at least 'num_cell_types' = "
