@@ -1,5 +1,6 @@
 """Ranking metrics: how well learned scores separate true interactions from
-false ones."""
+false ones.
+"""
 from typing import Dict, Sequence, Union
 
 import numpy as np

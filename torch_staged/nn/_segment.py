@@ -41,7 +41,8 @@ def check_backend(backend: str) -> str:
 def segment_sum(src: Tensor, seg: Tensor, ptr: Tensor, num_segments: int,
                 backend: str) -> Tensor:
     """Sums rows of ``src`` into ``num_segments`` segments (``seg`` sorted, CSR
-    pointer ``ptr``); empty segments give 0."""
+    pointer ``ptr``); empty segments give 0.
+    """
     if backend == 'torch_scatter':
         return torch_scatter.segment_csr(src, ptr, reduce='sum')
     if src.size(0) == 0:
