@@ -138,7 +138,7 @@ def main():
             print(f"{n:>9} skipped: {rec['skipped']}")
             continue
 
-        def s(key):
+        def s(key, rec=rec):
             r = rec.get(key, {})
             return f"{r['seconds']:10.4f}" if 'seconds' in r else f"{'oom':>10}"
         train = rec.get('train_step', {})
