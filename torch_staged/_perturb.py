@@ -116,6 +116,15 @@ def perturb(
         data (TissueData): The tissue.
         x0 (Tensor): ``[N, G]`` initial expression (graph cell order).
         t (Tensor): ``[T]`` output times.
+        knockout (str or list, optional): Genes clamped to 0.
+        overexpress (dict, optional): ``{gene: value}`` clamped to a constant.
+        cells (array-like, optional): Rows (your input order) or a boolean mask
+            of the cells to perturb.
+        cell_types (str or list, optional): Cell types to perturb.
+        lr_pairs (list of tuples, optional): Ligand -> receptor pairs removed
+            into the selected cells.
+        remove_senders (str or list, optional): Cell types whose signalling is
+            removed.
 
     Returns:
         :class:`PerturbationResult` with the baseline and perturbed trajectories.
