@@ -91,6 +91,8 @@ def r2_score(pred: ArrayOrTensor, target: ArrayOrTensor,
         raise ValueError(f"'multioutput' must be one of {MULTIOUTPUT} "
                          f"(got {multioutput!r})")
     pred, target = _pair(pred, target, 1)
+    if target.ndim == 1:  # one gene
+        pred, target = pred[:, None], target[:, None]
     G = target.shape[-1]
     pred, target = pred.reshape(-1, G), target.reshape(-1, G)
     sse = ((pred - target) ** 2).sum(0)

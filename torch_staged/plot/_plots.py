@@ -1,0 +1,138 @@
+"""Figures: loss curves, trajectories, interaction heatmaps, spatial maps."""
+import os
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+
+def _plt():
+    import matplotlib
+    if os.environ.get('MPLBACKEND') is None and matplotlib.get_backend().lower() not in (
+            'agg', 'module://matplotlib_inline.backend_inline'):
+        matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _finish(fig, path: Optional[Union[str, os.PathLike]]):
+    fig.tight_layout()
+    if path is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def _np(value) -> np.ndarray:
+    if isinstance(value, Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def loss_curves(histories: Dict[str, List[dict]], path=None):
+    """Training and validation loss per epoch for one or several fits
+    (``{name: FitResult.history}``); log scale.
+    """
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharex=True)
+    for name, history in histories.items():
+        epochs = [h['epoch'] for h in history]
+        axes[0].plot(epochs, [h['train_loss'] for h in history], label=name)
+        axes[1].plot(epochs, [h['val_loss'] for h in history], label=name)
+    for ax, title in zip(axes, ['training loss', 'held-out loss']):
+        ax.set_yscale('log')
+        ax.set_xlabel('epoch')
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    return _finish(fig, path)
+
+
+def trajectories(t, truth, predictions: Dict[str, Tensor], cells: Sequence[int],
+                 genes: Sequence[int], gene_names: Optional[Sequence[str]] = None,
+                 split_time: Optional[float] = None, path=None):
+    """True (dots) vs predicted (lines) trajectories ``[T, N, G]`` for a grid of
+    :obj:`cells` x :obj:`genes`; a dashed line marks the start of the held-out
+    times.
+    """
+    plt = _plt()
+    t, truth = _np(t), _np(truth)
+    fig, axes = plt.subplots(len(cells), len(genes), squeeze=False,
+                             figsize=(2.6 * len(genes), 2.0 * len(cells)), sharex=True)
+    for i, c in enumerate(cells):
+        for j, g in enumerate(genes):
+            ax = axes[i][j]
+            ax.plot(t, truth[:, c, g], 'k.', label='observed')
+            for name, pred in predictions.items():
+                ax.plot(_np(pred)[:, c, g] if len(_np(pred)) == len(t) else [],
+                        label=name)
+            if split_time is not None:
+                ax.axvline(split_time, color='grey', ls='--', lw=0.8)
+            gene = gene_names[g] if gene_names is not None else f'gene {g}'
+            ax.set_title(f'cell {c}, {gene}', fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    return _finish(fig, path)
+
+
+def interaction_heatmaps(learned: pd.DataFrame, truth: pd.DataFrame,
+                         score: str = 'abs_score', path=None):
+    """Learned vs true intercellular strengths per ligand -> receptor pair, as
+    sender type x receiver type heatmaps (learned: :obj:`score` of
+    :func:`~torch_staged.interpret.interaction_tables`; truth: ``|strength|``).
+    """
+    plt = _plt()
+    keys = ['ligand', 'receptor']
+    pairs = truth[keys].drop_duplicates().values.tolist()
+    types = sorted(set(truth['sender_type']) | set(truth['receiver_type']))
+    fig, axes = plt.subplots(2, len(pairs), squeeze=False,
+                             figsize=(2.4 * len(pairs), 4.8))
+    for j, (lig, rec) in enumerate(pairs):
+        for i, (table, col, label) in enumerate(((truth, 'strength', 'true'),
+                                                 (learned, score, 'learned'))):
+            sel = table[(table['ligand'] == lig) & (table['receptor'] == rec)]
+            grid = np.full((len(types), len(types)), np.nan)
+            for _, row in sel.iterrows():
+                grid[types.index(row['sender_type']), types.index(row['receiver_type'])] = \
+                    abs(row[col])
+            ax = axes[i][j]
+            ax.imshow(grid, cmap='viridis')
+            ax.set_xticks(range(len(types)), types, fontsize=7)
+            ax.set_yticks(range(len(types)), types, fontsize=7)
+            ax.set_title(f'{label}: {lig}->{rec}', fontsize=8)
+            if j == 0:
+                ax.set_ylabel('sender type')
+            ax.set_xlabel('receiver type', fontsize=7)
+    return _finish(fig, path)
+
+
+def spatial_signalling(pos, values, title: str = '', cell_type=None, path=None):
+    """A map of the tissue coloured by a per-cell value (e.g. the incoming
+    strength of one ligand -> receptor pair).
+    """
+    plt = _plt()
+    pos, values = _np(pos), _np(values)
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    sc = ax.scatter(pos[:, 0], pos[:, 1], c=values, s=18, cmap='magma',
+                    edgecolors='none')
+    if cell_type is not None:
+        for code in np.unique(_np(cell_type)):
+            sel = _np(cell_type) == code
+            ax.scatter(pos[sel, 0], pos[sel, 1], s=40, facecolors='none',
+                       edgecolors=f'C{int(code) % 10}', linewidths=0.4)
+    fig.colorbar(sc, ax=ax, shrink=0.8)
+    ax.set_title(title, fontsize=9)
+    ax.set_aspect('equal')
+    return _finish(fig, path)
+
+
+def incoming_per_cell(data, edge_score: Tensor, pair: int) -> Tensor:
+    """Sum of |edge score| of the signalling edges of ligand -> receptor pair
+    :obj:`pair` entering each cell, ``[N]`` (graph cell order).
+    """
+    from torch_staged.typing import SIGNALS
+    G = data.num_genes
+    sel = data[SIGNALS].lr_pair == pair
+    dst = data[SIGNALS].edge_index[1, sel] // G
+    out = torch.zeros(data.num_cells, dtype=edge_score.dtype)
+    return out.index_add_(0, dst.cpu(), edge_score[sel].abs().cpu())
