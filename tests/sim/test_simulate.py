@@ -458,6 +458,9 @@ def test_trajectories_from_anndata(default):
     (dict(cell_type=np.full(300, 5)), "'cell_type' codes"),
     (dict(num_patches=2), "'num_patches'"),
     (dict(regulators_per_gene=50), "'regulators_per_gene'"),
+    (dict(regulators_per_gene=0), "'regulators_per_gene' must be an integer >= 1"),
+    (dict(seed=-1), "'seed'"),
+    (dict(snapshot='yes'), "'snapshot' must be True or False"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

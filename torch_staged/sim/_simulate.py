@@ -36,16 +36,16 @@ def _check_int(value, name: str, minimum: int) -> int:
 
 def _check_float(value, name: str, low: float, high: float = np.inf,
                  low_open: bool = False, high_open: bool = False) -> float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+          and np.isfinite(value))
     if ok:
         value = float(value)
-        ok = np.isfinite(value) or (high == np.inf and value == np.inf and not high_open)
-        ok = ok and (value > low if low_open else value >= low)
-        ok = ok and (value < high if high_open else value <= high)
+        ok = (value > low if low_open else value >= low) and (
+            value < high if high_open else value <= high)
     if not ok:
         lo = '(' if low_open else '['
         hi = ')' if high_open else ']'
-        raise ValueError(f"'{name}' must be a number in {lo}{low}, {high}{hi} "
+        raise ValueError(f"'{name}' must be a finite number in {lo}{low}, {high}{hi} "
                          f"(got {value!r})")
     return value
 
@@ -453,7 +453,8 @@ def simulate_tissue(
             ligands from. (default: :obj:`8`)
         length_scale (float, optional): Decay length :math:`\lambda` of the
             ligand signal. (default: :obj:`1.0`)
-        regulators_per_gene (int, optional): Regulators of each gene per type.
+        regulators_per_gene (int, optional): Regulators of each gene per type
+            (at least 1).
             (default: :obj:`2`)
         type_specific_fraction (float, optional): Fraction of GRN slots redrawn
             per cell type. (default: :obj:`0.3`)
@@ -500,9 +501,9 @@ def simulate_tissue(
           source, target, sign, strength, K: the rows of the GRN prior, i.e.
           every true edge and every false prior edge, the latter with sign and
           strength 0 and K NaN), ``intercellular`` (DataFrame
-          ligand, receptor, sender_type, receiver_type, strength: every pair of
-          the table for every (sender, receiver) type pair, strength 0 when
-          inactive or decoy), ``genes`` (DataFrame gene, role), ``basal`` and
+          ligand, receptor, sender_type, receiver_type, strength, true_pair:
+          every pair of the table for every (sender, receiver) type pair,
+          strength 0 when inactive or decoy), ``genes`` (DataFrame gene, role), ``basal`` and
           ``decay`` ``[K, G]``, ``cell_id``, ``cell_pos`` ``[N, 2]``,
           ``cell_type`` ``[N]`` and ``times`` of all simulated cells,
           ``knockout_mask`` ``[N, G]``, ``hill_n``, ``ligand_K`` and the
@@ -525,7 +526,7 @@ def simulate_tissue(
     num_pairs = _check_int(num_pairs, 'num_pairs', 0)
     num_decoy_pairs = _check_int(num_decoy_pairs, 'num_decoy_pairs', 0)
     k = _check_int(k, 'k', 1)
-    regulators_per_gene = _check_int(regulators_per_gene, 'regulators_per_gene', 0)
+    regulators_per_gene = _check_int(regulators_per_gene, 'regulators_per_gene', 1)
     needed = 2 * (num_pairs + num_decoy_pairs) + num_pairs
     if num_genes < max(needed, 2):
         raise ValueError(

@@ -1,0 +1,261 @@
+"""Fitted-model results back into the AnnData."""
+import json
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import sparse
+from torch import Tensor
+
+from torch_staged.interpret import edge_scores, interaction_tables
+from torch_staged.interpret._tables import METHODS
+from torch_staged.io._constants import Key
+from torch_staged.io._read import Trajectories
+from torch_staged.io._validate import (
+    check_anndata,
+    check_model,
+    check_obs_key,
+    numeric_times,
+)
+from torch_staged.typing import CELL, GENE, NEAR, SIGNALS
+
+#: Orientation of ``obsp[f'{key_added}_signalling']``.
+ORIENTATION = 'sender_rows_receiver_columns'
+
+
+def _row_lookup(adata, traj: Trajectories):
+    """For every row of :obj:`adata`, its cell (input order) and time index, -1
+    when the row is not part of the trajectories.
+    """
+    cell_col = check_obs_key(adata, traj.cell_key, 'cell_key', 'cell ids')
+    time_col = check_obs_key(adata, traj.time_key, 'time_key', 'observation times')
+    values = cell_col.to_numpy()
+    if isinstance(cell_col.dtype, pd.CategoricalDtype):
+        values = cell_col.astype(cell_col.cat.categories.dtype).to_numpy()
+    cell = pd.Index(traj.cell_ids).get_indexer(values)
+    row_t = numeric_times(time_col, traj.time_key)
+    t = traj.t.detach().cpu().double().numpy()
+    nearest = np.clip(np.searchsorted(t, row_t), 0, t.size - 1)
+    lower = np.clip(nearest - 1, 0, t.size - 1)
+    nearest = np.where(np.abs(t[lower] - row_t) < np.abs(t[nearest] - row_t),
+                       lower, nearest)
+    tol = 1e-5 * max(float(np.abs(t).max()), 1.0)
+    time = np.where(np.abs(t[nearest] - row_t) <= tol, nearest, -1)
+    valid = (cell >= 0) & (time >= 0)
+    return cell.astype(np.int64), time.astype(np.int64), valid
+
+
+def _scatter_pairs(score: Tensor, cell: Tensor, lr: Tensor, num_cells: int,
+                   num_pairs: int) -> Tensor:
+    out = score.new_zeros(num_cells * num_pairs)
+    return out.index_add_(0, cell * num_pairs + lr, score.abs()).view(num_cells,
+                                                                     num_pairs)
+
+
+def write_results(
+    adata,
+    model,
+    trajectories: Trajectories,
+    *,
+    key_added: str = Key.uns.default,
+    method: str = 'jacobian',
+    model_genes: Optional[Sequence[str]] = None,
+    model_cell_types: Optional[Sequence[str]] = None,
+    inplace: bool = False,
+):
+    r"""Writes a fitted model's predictions and interaction strengths into
+    AnnData, under documented keys (``key = key_added``):
+
+    =====================================  ===================  =====================================
+    slot                                   shape                content
+    =====================================  ===================  =====================================
+    ``layers[f'{key}_pred']``              ``[n_obs, n_vars]``  prediction of every row: the model
+                                                                integrated from each cell's first
+                                                                observed state over the observed
+                                                                times; NaN for genes outside the
+                                                                panel and rows not in the
+                                                                trajectories
+    ``obsm[f'{key}_incoming']``            ``[n_obs, L]``       per row, :math:`\sum |s_e|` of the
+                                                                ``signals`` edges entering the
+                                                                row's cell, per ligand -> receptor
+                                                                pair (DataFrame, columns
+                                                                ``'ligand^receptor'``)
+    ``obsm[f'{key}_outgoing']``            ``[n_obs, L]``       the same for edges leaving the cell
+    ``obsp[f'{key}_signalling']``          ``[n_obs, n_obs]``   sparse CSR; entry (i, j) =
+                                                                :math:`\sum_{\ell \to r} |s_e|`
+                                                                from the cell of row i (sender) to
+                                                                the cell of row j (receiver), for
+                                                                neighbouring cells at the **same**
+                                                                time only (block diagonal by time,
+                                                                :math:`T \cdot E_c` entries)
+    ``uns[key]['intracellular']``          DataFrame            :func:`~torch_staged.interpret.\
+interaction_tables`, per (cell type, source, target)
+    ``uns[key]['intercellular']``          DataFrame            per (ligand, receptor, sender type,
+                                                                receiver type)
+    ``uns[key]['lr_pairs']``               DataFrame            the L pairs, in obsm column order
+    ``uns[key]['params']``                 dict                 method, keys, times, genes, cell
+                                                                types, model config (JSON string)
+    =====================================  ===================  =====================================
+
+    The per-edge score :math:`s_e` is the one of
+    :func:`~torch_staged.interpret.edge_scores` evaluated at the observed state
+    of the row's time; the ``uns`` tables average it over all observed times.
+    Everything is computed first and written last, so an error leaves
+    :obj:`adata` untouched; everything survives ``write_h5ad`` /
+    ``read_h5ad``.
+
+    Args:
+        adata (anndata.AnnData): Long-format data with the rows of
+            :obj:`trajectories` (matched by ``(cell, time)``), typically the one
+            they were read from.
+        model (STAGED): The fitted model.
+        trajectories (Trajectories): From :func:`read_trajectories`.
+        key_added (str, optional): Prefix of the keys. (default: :obj:`'staged'`)
+        method (str, optional): ``'jacobian'`` or ``'attention'`` (see
+            :func:`~torch_staged.interpret.edge_scores`).
+            (default: :obj:`'jacobian'`)
+        model_genes (list of str, optional): The genes the model was trained on,
+            in order; when given, they must equal the trajectories' panel.
+            (default: :obj:`None`, only the panel size is checked)
+        model_cell_types (list of str, optional): The cell types the model was
+            trained on, in code order; a cell type outside it raises.
+            (default: :obj:`None`, only their number is checked)
+        inplace (bool, optional): Write into :obj:`adata` and return
+            :obj:`None`; by default a copy is written and returned.
+            (default: :obj:`False`)
+
+    Returns:
+        The annotated copy of :obj:`adata`, or :obj:`None` with
+        :obj:`inplace=True`.
+
+    Example:
+        >>> from torch_staged.io import read_trajectories, write_results
+        >>> traj = read_trajectories(adata, lr_pairs=pairs)  # doctest: +SKIP
+        >>> fit(model, traj.data)  # doctest: +SKIP
+        >>> out = write_results(adata, model, traj)  # doctest: +SKIP
+        >>> out.obsp['staged_signalling']  # doctest: +SKIP
+    """
+    # ---- validation -------------------------------------------------------------
+    check_anndata(adata)
+    if not isinstance(trajectories, Trajectories):
+        raise TypeError(f"'trajectories' must be the Trajectories returned by "
+                        f"read_trajectories() (got {type(trajectories).__name__})")
+    if not isinstance(key_added, str) or not key_added:
+        raise ValueError(f"'key_added' must be a non-empty string (got {key_added!r})")
+    if method not in METHODS:
+        raise ValueError(f"'method' must be one of {METHODS} (got {method!r})")
+    traj = trajectories
+    check_model(model, traj.genes, traj.cell_types, model_genes, model_cell_types)
+    var_index = pd.Index([str(g) for g in adata.var_names]).get_indexer(traj.genes)
+    if (var_index < 0).any():
+        absent = [g for g, i in zip(traj.genes, var_index) if i < 0]
+        raise ValueError(f"The gene panel differs: {len(absent)} gene(s) of the "
+                         f"trajectories are not in adata.var_names, e.g. "
+                         f"{absent[:10]}. Write into the AnnData the trajectories "
+                         f"were read from")
+    cell, time, valid = _row_lookup(adata, traj)
+    if not valid.any():
+        raise ValueError(
+            f"No row of adata matches a (cell, time) of the trajectories (columns "
+            f"{traj.cell_key!r}, {traj.time_key!r}): write into the AnnData the "
+            f"trajectories were read from")
+
+    # ---- compute ------------------------------------------------------------------
+    param = next(model.parameters())
+    data = traj.data if traj.data[CELL].pos.device == param.device \
+        else traj.data.clone().to(param.device)
+    X = traj.X_graph.to(param)  # [T, N, G], graph order
+    T, N, G = X.shape
+    pairs = [(str(a), str(b)) for a, b in data.lr_pairs]
+    L = len(pairs)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            pred = model(data, traj.t.to(param), X[0])
+        intra, inter = interaction_tables(model, data, X, method)
+        incoming = torch.zeros(T, N, L, dtype=param.dtype)
+        outgoing = torch.zeros(T, N, L, dtype=param.dtype)
+        links = []  # per time: (sender cell, receiver cell, strength), input order
+        n_id = data[CELL].n_id.cpu()
+        for k in range(T):
+            scores = edge_scores(model, data, X[k], method)
+            if SIGNALS not in scores or L == 0 or data[SIGNALS].num_edges == 0:
+                links.append(None)
+                continue
+            score = scores[SIGNALS].detach().cpu()
+            src, dst = data[SIGNALS].edge_index.cpu() // G
+            lr = data[SIGNALS].lr_pair.cpu()
+            incoming[k] = _scatter_pairs(score, dst, lr, N, L)
+            outgoing[k] = _scatter_pairs(score, src, lr, N, L)
+            links.append((n_id[src].numpy(), n_id[dst].numpy(),
+                          score.abs().double().numpy()))
+    finally:
+        model.train(was_training)
+    pred = data.cells_to_input(pred.detach().cpu(), dim=1).numpy()
+    incoming = data.cells_to_input(incoming, dim=1).numpy()
+    outgoing = data.cells_to_input(outgoing, dim=1).numpy()
+
+    rows = np.flatnonzero(valid)
+    layer = np.full((adata.n_obs, adata.n_vars), np.nan, dtype=np.float32)
+    layer[np.ix_(rows, var_index)] = pred[time[rows], cell[rows]]
+    columns = [f'{a}^{b}' for a, b in pairs]
+    obsm = {}
+    for name, value in (('incoming', incoming), ('outgoing', outgoing)):
+        block = np.full((adata.n_obs, L), np.nan, dtype=np.float32)
+        block[rows] = value[time[rows], cell[rows]]
+        obsm[name] = pd.DataFrame(block, index=adata.obs_names.copy(), columns=columns)
+    row_of = np.full((T, N), -1, dtype=np.int64)
+    row_of[time[rows], cell[rows]] = rows
+    senders, receivers, strengths = [], [], []
+    for k, link in enumerate(links):
+        if link is None:
+            continue
+        src, dst, value = link
+        i, j = row_of[k, src], row_of[k, dst]
+        keep = (i >= 0) & (j >= 0)
+        senders.append(i[keep])
+        receivers.append(j[keep])
+        strengths.append(value[keep])
+    cat = (lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dt))
+    signalling = sparse.coo_matrix(
+        (cat(strengths, np.float64), (cat(senders, np.int64), cat(receivers, np.int64))),
+        shape=(adata.n_obs, adata.n_obs)).tocsr().astype(np.float32)
+    signalling.sum_duplicates()
+
+    params: Dict = {
+        'method': method,
+        'cell_key': traj.cell_key, 'time_key': traj.time_key,
+        'type_key': traj.type_key,
+        'times': traj.t.detach().cpu().double().numpy(),
+        'genes': np.asarray(traj.genes, dtype=str),
+        'cell_types': np.asarray(traj.cell_types, dtype=str),
+        'pred_layer': Key.layers.pred(key_added),
+        'incoming_key': Key.obsm.incoming(key_added),
+        'outgoing_key': Key.obsm.outgoing(key_added),
+        'signalling_key': Key.obsp.signalling(key_added),
+        'signalling_orientation': ORIENTATION,
+        'neighbour_edges': int(data[NEAR].num_edges),
+        'num_gene_nodes': int(data[GENE].num_nodes),
+        'model': repr(model),
+        'model_config': json.dumps(getattr(model, 'config', {}), default=str,
+                                   sort_keys=True),
+    }
+    lr_frame = pd.DataFrame({'ligand': [a for a, _ in pairs],
+                             'receptor': [b for _, b in pairs],
+                             'interaction': columns})
+
+    # ---- write (last, so that errors leave adata untouched) --------------------------
+    out = adata if inplace else adata.copy()
+    out.layers[Key.layers.pred(key_added)] = layer
+    out.obsm[Key.obsm.incoming(key_added)] = obsm['incoming']
+    out.obsm[Key.obsm.outgoing(key_added)] = obsm['outgoing']
+    out.obsp[Key.obsp.signalling(key_added)] = signalling
+    out.uns[key_added] = {
+        Key.uns.intracellular: intra,
+        Key.uns.intercellular: inter,
+        Key.uns.lr_pairs: lr_frame,
+        Key.uns.params: params,
+    }
+    return None if inplace else out
