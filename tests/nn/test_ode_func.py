@@ -6,12 +6,13 @@ from torch_staged.testing import random_tissue
 from torch_staged.typing import RELATIONS
 
 
-@pytest.mark.parametrize('attention', ['gat', 'gatv2'])
+@pytest.mark.parametrize('attention,type_dim', [('gat', 0), ('gatv2', 0), ('gat', 3)])
 @pytest.mark.parametrize('autocrine', [False, True])
-def test_edge_jacobian_equals_autograd_jacobian(attention, autocrine):
+def test_edge_jacobian_equals_autograd_jacobian(attention, type_dim, autocrine):
     torch.manual_seed(0)
     data = random_tissue(10, 4, seed=0, autocrine=autocrine)
-    func = STAGEDODEFunc(4, 3, attention=attention, heads=2).double().set_graph(data)
+    func = STAGEDODEFunc(4, 3, attention=attention, heads=2, type_dim=type_dim)
+    func = func.double().set_graph(data)
     n = data['gene'].num_nodes
     x = torch.randn(n, 1, dtype=torch.float64)
     full = torch.autograd.functional.jacobian(

@@ -37,6 +37,8 @@ class STAGED(torch.nn.Module):
             (default: :obj:`32`)
         heads (int, optional): Attention heads. (default: :obj:`1`)
         gene_dim (int, optional): Gene embedding size. (default: :obj:`8`)
+        type_dim (int, optional): Cell-type embedding size (sender-type-specific
+            signalling). (default: :obj:`0`)
         edge_dim (int, optional): Edge attribute size. (default: :obj:`1`)
         augment (int, optional): Latent channels per gene node. (default: :obj:`0`)
         attention (str, optional): ``'gat'``, ``'gatv2'`` or ``'mean'``.
@@ -65,7 +67,7 @@ class STAGED(torch.nn.Module):
 
     def __init__(self, num_genes: int, num_cell_types: int, hidden_channels: int = 16,
                  mlp_channels: int = 32, heads: int = 1, gene_dim: int = 8,
-                 edge_dim: int = 1, augment: int = 0, attention: str = 'gat',
+                 type_dim: int = 0, edge_dim: int = 1, augment: int = 0, attention: str = 'gat',
                  act: str = 'smooth_leaky_relu', signalling: bool = True,
                  backend: str = 'native', method: str = 'dopri5', rtol: float = 1e-3,
                  atol: float = 1e-4, options: Optional[Dict[str, Any]] = None,
@@ -83,7 +85,8 @@ class STAGED(torch.nn.Module):
         self.adjoint = adjoint
         self._config = dict(num_genes=num_genes, num_cell_types=num_cell_types,
                             hidden_channels=hidden_channels, mlp_channels=mlp_channels,
-                            heads=heads, gene_dim=gene_dim, edge_dim=edge_dim,
+                            heads=heads, gene_dim=gene_dim, type_dim=type_dim,
+                            edge_dim=edge_dim,
                             augment=augment, attention=attention, act=act,
                             signalling=signalling, backend=backend,
                             method=method, rtol=rtol, atol=atol,
@@ -91,7 +94,8 @@ class STAGED(torch.nn.Module):
         self.func = STAGEDODEFunc(num_genes, num_cell_types, channels=1 + augment,
                                   hidden_channels=hidden_channels,
                                   mlp_channels=mlp_channels, heads=heads,
-                                  gene_dim=gene_dim, edge_dim=edge_dim,
+                                  gene_dim=gene_dim, type_dim=type_dim,
+                                  edge_dim=edge_dim,
                                   attention=attention, act=act, backend=backend,
                                   relations=RELATIONS if signalling else (REGULATES, ))
         self.signalling = signalling

@@ -46,6 +46,9 @@ class STAGEDODEFunc(torch.nn.Module):
             (default: :obj:`32`)
         heads (int, optional): Attention heads. (default: :obj:`1`)
         gene_dim (int, optional): Gene embedding size. (default: :obj:`8`)
+        type_dim (int, optional): Cell-type embedding size of the layer's node
+            input, so that signalling can depend on the sender's type.
+            (default: :obj:`0`)
         edge_dim (int, optional): Edge attribute size. (default: :obj:`1`)
         attention (str, optional): ``'gat'``, ``'gatv2'`` or ``'mean'`` (uniform
             weights over each target's edges: the no-attention baseline).
@@ -66,7 +69,8 @@ class STAGEDODEFunc(torch.nn.Module):
 
     def __init__(self, num_genes: int, num_cell_types: int, channels: int = 1,
                  hidden_channels: int = 16, mlp_channels: int = 32, heads: int = 1,
-                 gene_dim: int = 8, edge_dim: int = 1, attention: str = 'gat',
+                 gene_dim: int = 8, type_dim: int = 0, edge_dim: int = 1,
+                 attention: str = 'gat',
                  act: str = 'smooth_leaky_relu', backend: str = 'native',
                  relations: Tuple[EdgeType, ...] = RELATIONS):
         super().__init__()
@@ -81,7 +85,8 @@ class STAGEDODEFunc(torch.nn.Module):
         self.attention = attention
         conv_attention = 'gat' if attention == 'mean' else attention
         self.conv = STAGEDConv(channels, hidden_channels, num_genes, num_cell_types,
-                               heads=heads, gene_dim=gene_dim, edge_dim=edge_dim,
+                               heads=heads, gene_dim=gene_dim, type_dim=type_dim,
+                               edge_dim=edge_dim,
                                attention=conv_attention, act=act, backend=backend,
                                relations=relations)
         if attention == 'mean':
@@ -91,7 +96,7 @@ class STAGEDODEFunc(torch.nn.Module):
                 if param is not None:
                     param.requires_grad_(False)
         K = num_cell_types
-        in_dim = channels + self.conv.out_dim + gene_dim
+        in_dim = channels + self.conv.out_dim + gene_dim + type_dim
         self.mlp_in_channels = in_dim
         self.weight1 = Parameter(torch.empty(K, in_dim, mlp_channels))
         self.bias1 = Parameter(torch.empty(K, mlp_channels))
@@ -185,7 +190,8 @@ class STAGEDODEFunc(torch.nn.Module):
             mask = self._clamp[0]
             state = torch.where(mask, self._clamp_values(t), state)
         messages = self.conv(state, fused, source_shift=source_shift)
-        emb = self.conv.node_features(state, fused.gene)[:, self.channels:]
+        emb = self.conv.node_features(state, fused.gene,
+                                      fused.node_type)[:, self.channels:]
         z = torch.cat([state, messages, emb], dim=-1)
         decay = F.softplus(self.decay)[fused.node_type, fused.gene].unsqueeze(-1)
         dx = self.mlp(z) - decay * state

@@ -66,7 +66,8 @@ def dense_staged_conv(conv, x: Tensor, data,
     G, K, H = conv.num_genes, conv.num_cell_types, conv.heads
     num_cells = data[CELL].num_nodes
     cell_type = data[CELL].cell_type.tolist()
-    h = conv.node_features(x, data[GENE].gene).view(num_cells, G, -1)
+    node_type = data[CELL].cell_type[data[GENE].cell]
+    h = conv.node_features(x, data[GENE].gene, node_type).view(num_cells, G, -1)
     D, De = h.size(-1), conv.edge_dim
     gene_of = {g: i for i, g in enumerate(data.gene_names)}
     pairs = [(gene_of[a], gene_of[b]) for a, b in data.lr_pairs]

@@ -84,6 +84,10 @@ class STAGEDConv(MessagePassing):
             (default: :obj:`1`)
         gene_dim (int, optional): Size of the gene embedding (0 disables it).
             (default: :obj:`8`)
+        type_dim (int, optional): Size of a learned cell-type embedding
+            :math:`\mathbf{c}_{\tau}` appended to :math:`\mathbf{h}_v` (0
+            disables it). With it, scores and values can depend on the *sender's*
+            cell type, not only on the receiver's. (default: :obj:`0`)
         edge_dim (int, optional): Size :math:`D_e` of the edge attributes (0
             ignores them). (default: :obj:`1`)
         concat (bool, optional): Concatenate heads (else average them).
@@ -166,6 +170,7 @@ class STAGEDConv(MessagePassing):
         num_cell_types: int,
         heads: int = 1,
         gene_dim: int = 8,
+        type_dim: int = 0,
         edge_dim: int = 1,
         concat: bool = True,
         negative_slope: float = 0.2,
@@ -184,6 +189,7 @@ class STAGEDConv(MessagePassing):
                                  ('num_genes', num_genes, 1),
                                  ('num_cell_types', num_cell_types, 1),
                                  ('heads', heads, 1), ('gene_dim', gene_dim, 0),
+                                 ('type_dim', type_dim, 0),
                                  ('edge_dim', edge_dim, 0)):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"'{name}' must be an integer >= {low} "
@@ -204,6 +210,7 @@ class STAGEDConv(MessagePassing):
         self.num_cell_types = num_cell_types
         self.heads = heads
         self.gene_dim = gene_dim
+        self.type_dim = type_dim
         self.edge_dim = edge_dim
         self.concat = concat
         self.negative_slope = negative_slope
@@ -214,9 +221,11 @@ class STAGEDConv(MessagePassing):
         self.relations = tuple(tuple(r) for r in relations)
 
         R, K, H, C = len(self.relations), num_cell_types, heads, out_channels
-        D = in_channels + gene_dim
+        D = in_channels + gene_dim + type_dim
         self.gene_emb = (torch.nn.Embedding(num_genes, gene_dim)
                          if gene_dim > 0 else None)
+        self.type_emb = (torch.nn.Embedding(num_cell_types, type_dim)
+                         if type_dim > 0 else None)
         if attention == 'gat':
             self.att_src = Parameter(torch.empty(D, R * K * H))
             self.att_dst = Parameter(torch.empty(D, R * K * H))
@@ -243,7 +252,7 @@ class STAGEDConv(MessagePassing):
     @property
     def node_dim_in(self) -> int:
         r"""Size :math:`D = F + \text{gene\_dim}` of :math:`\mathbf{h}_v`."""
-        return self.in_channels + self.gene_dim
+        return self.in_channels + self.gene_dim + self.type_dim
 
     @property
     def out_dim(self) -> int:
@@ -258,6 +267,8 @@ class STAGEDConv(MessagePassing):
         if self.gene_emb is not None:
             torch.nn.init.normal_(self.gene_emb.weight, std=1.0 / math.sqrt(
                 max(self.gene_dim, 1)))
+        if self.type_emb is not None:
+            torch.nn.init.normal_(self.type_emb.weight, std=1.0 / math.sqrt(self.type_dim))
         for name in ('att_src', 'att_dst', 'att_edge', 'lin_src', 'lin_dst',
                      'lin_edge', 'att'):
             param = getattr(self, name, None)
@@ -368,7 +379,7 @@ class STAGEDConv(MessagePassing):
             raise ValueError(f"'x' must have shape [num_gene_nodes, in_channels] = "
                              f"[{fused.num_nodes}, {self.in_channels}] (got "
                              f"{list(x.shape)})")
-        h = self.node_features(x, fused.gene)
+        h = self.node_features(x, fused.gene, fused.node_type)
         num_slots = fused.num_nodes * self.num_relations
 
         if source_shift is not None and source_shift.shape != (fused.num_edges,
@@ -395,14 +406,19 @@ class STAGEDConv(MessagePassing):
                          for r, rel in enumerate(self.relations)}
         return out
 
-    def node_features(self, x: Tensor, gene: Tensor) -> Tensor:
+    def node_features(self, x: Tensor, gene: Tensor,
+                      node_type: Optional[Tensor] = None) -> Tensor:
         r"""The layer's node input :math:`\mathbf{h}_v = \mathbf{x}_v \Vert
-        \mathbf{e}_{g(v)}`, shape ``[N*G, D]``.
+        \mathbf{e}_{g(v)} \Vert \mathbf{c}_{\tau(v)}`, shape ``[N*G, D]``.
         """
-        if self.gene_emb is None:
-            return x
-        emb = self.gene_emb.weight.to(x.dtype).index_select(0, gene)
-        return torch.cat([x, emb], dim=-1)
+        parts = [x]
+        if self.gene_emb is not None:
+            parts.append(self.gene_emb.weight.to(x.dtype).index_select(0, gene))
+        if self.type_emb is not None:
+            if node_type is None:
+                raise ValueError("'node_type' is needed with a cell-type embedding")
+            parts.append(self.type_emb.weight.to(x.dtype).index_select(0, node_type))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     def score_activation(self, value: Tensor) -> Tensor:
         r"""The non-linearity of the attention score (see :obj:`act`)."""
@@ -470,7 +486,8 @@ class STAGEDConv(MessagePassing):
         out = weighted_aggregate(inputs, h, edge_index_j, index, slot_ptr,
                                  dim_size, self.backend)  # [NG * R, H, D]
         if source_shift is not None:
-            pad = source_shift.new_zeros(source_shift.size(0), self.gene_dim)
+            pad = source_shift.new_zeros(source_shift.size(0),
+                                         self.gene_dim + self.type_dim)
             shift = torch.cat([source_shift, pad], dim=-1)
             out = out + segment_sum(inputs.unsqueeze(-1) * shift.unsqueeze(1), index,
                                     slot_ptr, dim_size, self.backend)
