@@ -55,11 +55,11 @@ def run_demo(out: str, *, epochs: int = 30, holdout: int = 4, seed: int = 0,
     last = t.numel() - 1 - holdout
 
     metrics: dict = {}
-    fitted, histories, heldout_pred = {}, {}, {}
+    fitted, histories, heldout_pred = {}, {}, {}  # rollouts from t0 for the figure
     for name in models:
         torch.manual_seed(seed)
         model = make_model(name, data.num_genes, data.num_cell_types,
-                           hidden_channels=16, mlp_channels=32)
+                           hidden_channels=16, mlp_channels=32, type_dim=4)
         start = time.perf_counter()
         result = fit(model, data, epochs=epochs, lr=lr, holdout_size=holdout,
                      patience=None, progress=progress,
@@ -78,7 +78,7 @@ def run_demo(out: str, *, epochs: int = 30, holdout: int = 4, seed: int = 0,
         rec['epochs'] = len(result.history)
         metrics[name] = rec
         fitted[name], histories[name] = model, result.history
-        heldout_pred[name] = torch.cat([rollout[:last + 1], pred])
+        heldout_pred[name] = rollout
     metrics['seconds'] = time.perf_counter() - tic
     metrics['data'] = dict(cells=data.num_cells, genes=data.num_genes,
                            cell_types=data.num_cell_types, lr_pairs=len(data.lr_pairs),

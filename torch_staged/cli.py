@@ -15,7 +15,8 @@ def _demo(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     metrics = run_demo(args.out, epochs=args.epochs, holdout=args.holdout, seed=args.seed,
-                       progress=not args.quiet)
+                       progress=not args.quiet, num_cells=args.cells,
+                       num_genes=args.genes)
     print(summary_table(metrics))
     print(f'metrics and figures written to {args.out}/')
 
@@ -29,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser('demo', help='Fit STAGED end to end on built-in simulated '
                           'data and write metrics and figures.')
     demo.add_argument('--out', default='runs/demo', help='Output folder.')
+    demo.add_argument('--cells', type=int, default=300, help='simulated cells')
+    demo.add_argument('--genes', type=int, default=20, help='simulated genes')
     demo.add_argument('--epochs', type=int, default=30)
     demo.add_argument('--holdout', type=int, default=4,
                       help='held-out final time points')

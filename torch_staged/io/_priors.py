@@ -237,7 +237,8 @@ def read_grn(
 
     Returns:
         A new DataFrame with columns ``source``, ``target`` (and ``cell_type``
-        when given), ready for :func:`~torch_staged.data.build_tissue_graph`.
+        when given, ``''`` for rows of every type), ready for
+        :func:`~torch_staged.data.build_tissue_graph`.
 
     Example:
         >>> from torch_staged.io import read_grn
@@ -259,6 +260,10 @@ def read_grn(
                           extra=('cell_type', ))
     for c in cols:
         frame[c] = frame[c].str.strip()
+    if 'cell_type' in frame.columns and not pd.api.types.is_numeric_dtype(
+            frame['cell_type']):
+        given = frame['cell_type']
+        frame['cell_type'] = given.where(given.notna(), '').astype(str).str.strip()
     if genes is not None and len(frame):
         gene_index = {str(g): i for i, g in enumerate(genes)}
         with warnings.catch_warnings():
@@ -293,7 +298,8 @@ def builtin_lr_pairs(genes: Optional[Sequence[str]] = None,
 
     Example:
         >>> from torch_staged.io import builtin_lr_pairs
-        >>> builtin_lr_pairs(genes=['L0', 'L1', 'R0', 'R1', 'G0'])[['ligand', 'receptor']]
+        >>> table = builtin_lr_pairs(genes=['L0', 'L1', 'R0', 'R1', 'G0'])
+        >>> table[['ligand', 'receptor']]
           ligand receptor
         0     L0       R0
         1     L1       R1

@@ -1,5 +1,6 @@
 """Fitted-model results back into the AnnData."""
 import json
+import warnings
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -28,6 +29,12 @@ def _row_lookup(adata, traj: Trajectories):
     """For every row of :obj:`adata`, its cell (input order) and time index, -1
     when the row is not part of the trajectories.
     """
+    for key in (traj.cell_key, traj.time_key):
+        if key not in adata.obs.columns:
+            raise ValueError(
+                f"adata.obs has no column {key!r}, which the trajectories were read "
+                f"with (cell_key={traj.cell_key!r}, time_key={traj.time_key!r}): "
+                f"write into the AnnData the trajectories were read from")
     cell_col = check_obs_key(adata, traj.cell_key, 'cell_key', 'cell ids')
     time_col = check_obs_key(adata, traj.time_key, 'time_key', 'observation times')
     values = cell_col.to_numpy()
@@ -65,38 +72,28 @@ def write_results(
     inplace: bool = False,
 ):
     r"""Writes a fitted model's predictions and interaction strengths into
-    AnnData, under documented keys (``key = key_added``):
+    AnnData, under documented keys.
 
-    =====================================  ===================  =====================================
-    slot                                   shape                content
-    =====================================  ===================  =====================================
-    ``layers[f'{key}_pred']``              ``[n_obs, n_vars]``  prediction of every row: the model
-                                                                integrated from each cell's first
-                                                                observed state over the observed
-                                                                times; NaN for genes outside the
-                                                                panel and rows not in the
-                                                                trajectories
-    ``obsm[f'{key}_incoming']``            ``[n_obs, L]``       per row, :math:`\sum |s_e|` of the
-                                                                ``signals`` edges entering the
-                                                                row's cell, per ligand -> receptor
-                                                                pair (DataFrame, columns
-                                                                ``'ligand^receptor'``)
-    ``obsm[f'{key}_outgoing']``            ``[n_obs, L]``       the same for edges leaving the cell
-    ``obsp[f'{key}_signalling']``          ``[n_obs, n_obs]``   sparse CSR; entry (i, j) =
-                                                                :math:`\sum_{\ell \to r} |s_e|`
-                                                                from the cell of row i (sender) to
-                                                                the cell of row j (receiver), for
-                                                                neighbouring cells at the **same**
-                                                                time only (block diagonal by time,
-                                                                :math:`T \cdot E_c` entries)
-    ``uns[key]['intracellular']``          DataFrame            :func:`~torch_staged.interpret.\
-interaction_tables`, per (cell type, source, target)
-    ``uns[key]['intercellular']``          DataFrame            per (ligand, receptor, sender type,
-                                                                receiver type)
-    ``uns[key]['lr_pairs']``               DataFrame            the L pairs, in obsm column order
-    ``uns[key]['params']``                 dict                 method, keys, times, genes, cell
-                                                                types, model config (JSON string)
-    =====================================  ===================  =====================================
+    With ``key = key_added``:
+
+    * ``layers[f'{key}_pred']`` ``[n_obs, n_vars]`` (float32): the prediction
+      of every row, i.e. the model integrated from each cell's first observed
+      state over the observed times, at the row's (cell, time); NaN for genes
+      outside the panel and for rows that are not in the trajectories.
+    * ``obsm[f'{key}_incoming']`` ``[n_obs, L]`` (DataFrame, columns
+      ``'ligand^receptor'``): per row, :math:`\sum |s_e|` over the ``signals``
+      edges entering the row's cell, per ligand -> receptor pair;
+      ``obsm[f'{key}_outgoing']``: the same for the edges leaving it.
+    * ``obsp[f'{key}_signalling']`` ``[n_obs, n_obs]`` (sparse CSR, never
+      dense): entry ``(i, j)`` is :math:`\sum |s_e|` over all pairs from the
+      cell of row ``i`` (sender) to the cell of row ``j`` (receiver), for
+      neighbouring cells at the **same** time only; the graph is block
+      diagonal by time with :math:`T \cdot E_c` entries.
+    * ``uns[key]['intracellular']`` and ``uns[key]['intercellular']``: the
+      DataFrames of :func:`~torch_staged.interpret.interaction_tables`;
+      ``uns[key]['lr_pairs']``: the :math:`L` pairs in obsm column order;
+      ``uns[key]['params']``: the method, the keys, times, genes, cell types,
+      the model's repr and its config (a JSON string).
 
     The per-edge score :math:`s_e` is the one of
     :func:`~torch_staged.interpret.edge_scores` evaluated at the observed state
@@ -160,6 +157,11 @@ interaction_tables`, per (cell type, source, target)
             f"No row of adata matches a (cell, time) of the trajectories (columns "
             f"{traj.cell_key!r}, {traj.time_key!r}): write into the AnnData the "
             f"trajectories were read from")
+    if not valid.all():
+        warnings.warn(
+            f"{int((~valid).sum())} of {adata.n_obs} rows of adata match no (cell, "
+            f"time) of the trajectories: their results are NaN (layers, obsm) or "
+            f"empty (obsp)", stacklevel=2)
 
     # ---- compute ------------------------------------------------------------------
     param = next(model.parameters())
@@ -218,7 +220,9 @@ interaction_tables`, per (cell type, source, target)
         senders.append(i[keep])
         receivers.append(j[keep])
         strengths.append(value[keep])
-    cat = (lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dt))
+    def cat(parts, dt):
+        return np.concatenate(parts) if parts else np.zeros(0, dt)
+
     signalling = sparse.coo_matrix(
         (cat(strengths, np.float64), (cat(senders, np.int64), cat(receivers, np.int64))),
         shape=(adata.n_obs, adata.n_obs)).tocsr().astype(np.float32)

@@ -65,8 +65,7 @@ def trajectories(t, truth, predictions: Dict[str, Tensor], cells: Sequence[int],
             ax = axes[i][j]
             ax.plot(t, truth[:, c, g], 'k.', label='observed')
             for name, pred in predictions.items():
-                ax.plot(_np(pred)[:, c, g] if len(_np(pred)) == len(t) else [],
-                        label=name)
+                ax.plot(t, _np(pred)[:, c, g], label=name)
             if split_time is not None:
                 ax.axvline(split_time, color='grey', ls='--', lw=0.8)
             gene = gene_names[g] if gene_names is not None else f'gene {g}'
@@ -79,12 +78,15 @@ def interaction_heatmaps(learned: pd.DataFrame, truth: pd.DataFrame,
                          score: str = 'abs_score', path=None):
     """Learned vs true intercellular strengths per ligand -> receptor pair, as
     sender type x receiver type heatmaps (learned: :obj:`score` of
-    :func:`~torch_staged.interpret.interaction_tables`; truth: ``|strength|``).
+    :func:`~torch_staged.interpret.interaction_tables`; truth: ``|strength|``),
+    on one colour scale per row.
     """
     plt = _plt()
     keys = ['ligand', 'receptor']
     pairs = truth[keys].drop_duplicates().values.tolist()
     types = sorted(set(truth['sender_type']) | set(truth['receiver_type']))
+    vmax = {'true': float(truth['strength'].abs().max()) or 1.0,
+            'learned': float(learned[score].abs().max()) if len(learned) else 1.0}
     fig, axes = plt.subplots(2, len(pairs), squeeze=False,
                              figsize=(2.4 * len(pairs), 4.8))
     for j, (lig, rec) in enumerate(pairs):
@@ -96,7 +98,7 @@ def interaction_heatmaps(learned: pd.DataFrame, truth: pd.DataFrame,
                 grid[types.index(row['sender_type']), types.index(row['receiver_type'])] = \
                     abs(row[col])
             ax = axes[i][j]
-            ax.imshow(grid, cmap='viridis')
+            ax.imshow(grid, cmap='viridis', vmin=0, vmax=vmax[label])
             ax.set_xticks(range(len(types)), types, fontsize=7)
             ax.set_yticks(range(len(types)), types, fontsize=7)
             ax.set_title(f'{label}: {lig}->{rec}', fontsize=8)
