@@ -27,6 +27,67 @@ class PerturbationResult:
         """``perturbed - baseline``."""
         return self.perturbed - self.baseline
 
+    def to_layers(self, adata, trajectories, key_added: str = 'staged',
+                  inplace: bool = False):
+        r"""Writes the trajectories into long-format AnnData as layers.
+
+        Rows are matched by (cell, time) through :obj:`trajectories` (the
+        :class:`~torch_staged.io.Trajectories` the tissue was read with; the
+        result's times must be its observed times):
+
+        * ``layers[f'{key}_perturbed']``, ``layers[f'{key}_baseline']`` and
+          ``layers[f'{key}_delta']`` ``[n_obs, n_vars]`` (float32), NaN for genes
+          outside the panel and for rows that match no (cell, time);
+        * ``uns[f'{key}_perturbation']``: the description and the layer names.
+
+        Args:
+            adata (anndata.AnnData): Long-format data with the rows of
+                :obj:`trajectories`.
+            trajectories (Trajectories): From
+                :func:`~torch_staged.io.read_trajectories`.
+            key_added (str, optional): Prefix of the keys.
+                (default: :obj:`'staged'`)
+            inplace (bool, optional): Write into :obj:`adata` and return
+                :obj:`None`; by default a copy is written and returned.
+        """
+        from torch_staged.io._write import _row_lookup
+        traj = trajectories
+        data = traj.data
+        if self.baseline.shape[1:] != (data.num_cells, data.num_genes):
+            raise ValueError(f"The result has {self.baseline.shape[1]} cells x "
+                             f"{self.baseline.shape[2]} genes but the trajectories "
+                             f"{data.num_cells} x {data.num_genes}")
+        t = self.t.detach().cpu().double()
+        ref = traj.t.detach().cpu().double()
+        if t.numel() != ref.numel() or not torch.allclose(t, ref, rtol=1e-5,
+                                                          atol=1e-6):
+            raise ValueError("to_layers() needs the result at the trajectories' "
+                             "observed times (perturb(..., t=trajectories.t))")
+        import pandas as pd
+        var_index = pd.Index([str(g) for g in adata.var_names]).get_indexer(
+            [str(g) for g in traj.genes])
+        if (var_index < 0).any():
+            absent = [g for g, i in zip(traj.genes, var_index) if i < 0]
+            raise ValueError(f"{len(absent)} gene(s) of the panel are not in "
+                             f"adata.var_names, e.g. {absent[:10]}")
+        cell, time, valid = _row_lookup(adata, traj)
+        rows = np.flatnonzero(valid)
+        layers = {}
+        for name, value in (('perturbed', self.perturbed), ('baseline', self.baseline),
+                            ('delta', self.delta)):
+            value = data.cells_to_input(value.detach().cpu().float(), dim=1).numpy()
+            layer = np.full((adata.n_obs, adata.n_vars), np.nan, dtype=np.float32)
+            layer[np.ix_(rows, var_index)] = value[time[rows], cell[rows]]
+            layers[f'{key_added}_{name}'] = layer
+        out = adata if inplace else adata.copy()
+        out.layers.update(layers)
+        out.uns[f'{key_added}_perturbation'] = {
+            'description': self.description,
+            'layers': np.asarray(list(layers), dtype=str),
+            'times': t.numpy(),
+        }
+        return None if inplace else out
+
     def __repr__(self) -> str:
         T, N, G = self.baseline.shape
         return (f'PerturbationResult({self.description}; T={T}, cells={N}, genes={G}, '
