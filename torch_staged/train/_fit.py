@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from torch_staged.data.tissue_data import TissueData
 from torch_staged.models.staged import STAGED, IntegrationError
+from torch_staged.train import _distributed as dist
 from torch_staged.train._checkpoint import load_checkpoint, save_checkpoint
 from torch_staged.typing import CELL, GENE
 
@@ -60,7 +61,11 @@ def _windows(mode: str, last: int, width: int) -> List[Tuple[int, int]]:
 
 
 def _prepare_units(data, X, t, holdout, holdout_size, cell_order, device, dtype,
-                   generator) -> Tuple[List[_Unit], Tensor, int]:
+                   generator, rank: int = 0, world_size: int = 1
+                   ) -> Tuple[List[_Unit], Tensor, int, int]:
+    """The units of this rank (``graphs[rank::world_size]``), the times, the
+    last training time index and the total number of graphs.
+    """
     graphs = list(data) if isinstance(data, (list, tuple)) else [data]
     if not graphs:
         raise ValueError("'data' is an empty list of tiles")
@@ -88,7 +93,14 @@ def _prepare_units(data, X, t, holdout, holdout_size, cell_order, device, dtype,
                          f"(got {holdout_size!r})")
 
     units = []
-    for g in graphs:
+    for index, g in enumerate(graphs):
+        # every rank draws the held-out cells of every graph, so that the
+        # generator's state (and each graph's split) is the same on all ranks
+        pick = None
+        if holdout == 'cells':
+            pick = torch.rand(g.num_cells, generator=generator) < float(holdout_size)
+        if index % world_size != rank:
+            continue
         g = g.to(device)
         G = g.num_genes
         interior = g[CELL].get('interior', None)
@@ -97,8 +109,7 @@ def _prepare_units(data, X, t, holdout, holdout_size, cell_order, device, dtype,
         clamped = g[CELL].get('clamped', None)
         loss_cells = interior.clone()
         val_cells = interior.clone()
-        if holdout == 'cells':
-            pick = torch.rand(g.num_cells, generator=generator) < float(holdout_size)
+        if pick is not None:
             pick = pick.to(device)
             loss_cells &= ~pick
             val_cells &= pick
@@ -107,7 +118,7 @@ def _prepare_units(data, X, t, holdout, holdout_size, cell_order, device, dtype,
             g, traj, loss_cells.repeat_interleave(G), val_cells.repeat_interleave(G),
             None if clamped is None or not bool(clamped.any())
             else clamped.repeat_interleave(G)))
-    return units, times, last_train
+    return units, times, last_train, len(graphs)
 
 
 def _solve_window(model: STAGED, unit: _Unit, times: Tensor, start: int, end: int
@@ -168,6 +179,7 @@ def fit(
     device: Optional[Union[str, torch.device]] = None,
     progress: bool = True,
     callback: Optional[Callable[[Dict[str, float]], None]] = None,
+    distributed: bool = False,
 ) -> FitResult:
     r"""Fits a :class:`~torch_staged.models.STAGED` model to expression trajectories.
 
@@ -229,6 +241,20 @@ def fit(
         device (optional): Device to train on (model and data are moved).
         progress (bool, optional): Show a tqdm progress bar. (default: :obj:`True`)
         callback (callable, optional): Called with each epoch's record.
+        distributed (bool, optional): Data-parallel training over the ranks of
+            the initialised :mod:`torch.distributed` process group (see
+            :func:`torch_staged.train.init_from_env`). Every rank passes the
+            same model config and the same list of tiles; rank ``r`` of ``W``
+            trains on ``data[r::W]``. The (graph, window) jobs are shuffled
+            identically on all ranks; at optimiser step ``s`` each rank solves
+            its next :obj:`tiles_per_step` jobs, and the gradients are summed
+            over the ranks, each job's loss divided by the number of jobs of the
+            step on all ranks (the mean, as in one process with
+            ``tiles_per_step * W``). Ranks with fewer jobs take empty steps, so
+            all do the same number of steps and hold the same parameters. The
+            validation loss and NFE are reduced over the ranks; rank 0 writes
+            the checkpoints and the history file; all ranks can resume from the
+            same checkpoint. (default: :obj:`False`)
 
     Returns:
         :class:`FitResult` (history with ``train_loss``, ``val_loss``, ``lr``,
@@ -251,9 +277,14 @@ def fit(
     device = torch.device(device) if device is not None else model.func.decay.device
     model.to(device)
     dtype = model.func.decay.dtype
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    main = rank == 0
+    if world > 1:
+        dist.broadcast_module(model)  # same starting point on every rank
     generator = torch.Generator().manual_seed(seed)
-    units, times, last_train = _prepare_units(data, X, t, holdout, holdout_size,
-                                              cell_order, device, dtype, generator)
+    units, times, last_train, num_graphs = _prepare_units(
+        data, X, t, holdout, holdout_size, cell_order, device, dtype, generator,
+        rank, world)
     windows = _windows(loss, last_train, window)
     if not windows:
         raise ValueError("No training window: keep at least two training times")
@@ -272,7 +303,7 @@ def fit(
         loss=loss, window=window, epochs=epochs, lr=lr, weight_decay=weight_decay,
         scheduler=scheduler, clip_grad=clip_grad, holdout=holdout,
         holdout_size=holdout_size, patience=patience, tiles_per_step=tiles_per_step,
-        cell_order=cell_order, seed=seed))
+        cell_order=cell_order, seed=seed, world_size=world))
     result = FitResult()
     best_state = None
     start_epoch = 0
@@ -294,8 +325,8 @@ def fit(
         generator.set_state(state['rng']['generator'])
         start_epoch = int(state['epoch']) + 1
 
-    num_steps = len(units) * len(windows)
-    bar = tqdm(range(start_epoch, epochs), disable=not progress, desc='fit',
+    num_jobs = num_graphs * len(windows)
+    bar = tqdm(range(start_epoch, epochs), disable=not progress or not main, desc='fit',
                unit='epoch', dynamic_ncols=True)
     bad_epochs = 0
     if result.history and result.best_epoch >= 0:
@@ -305,30 +336,46 @@ def fit(
         tic = time.perf_counter()
         model.train()
         model.reset_nfe()
-        order = torch.randperm(num_steps, generator=generator).tolist()
+        order = torch.randperm(num_jobs, generator=generator).tolist()
         jobs = [(i // len(windows), windows[i % len(windows)]) for i in order]
+        per_rank = [[j for j in jobs if j[0] % world == r] for r in range(world)]
+        num_steps = max(math.ceil(len(p) / tiles_per_step) for p in per_rank)
         total, count = 0.0, 0
-        for step in range(0, len(jobs), tiles_per_step):
-            group = jobs[step:step + tiles_per_step]
+        for step in range(num_steps):
+            cut = slice(step * tiles_per_step, (step + 1) * tiles_per_step)
+            group = per_rank[rank][cut]
+            group_size = sum(len(p[cut]) for p in per_rank)  # jobs on all ranks
             optimizer.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            for unit_id, (a, b) in group:
-                unit = units[unit_id]
+            step_loss, error = 0.0, None
+            for graph_id, (a, b) in group:
+                unit = units[graph_id // world]
                 try:
                     pred = _solve_window(model, unit, times, a, b)
                 except IntegrationError as err:
-                    raise IntegrationError(
-                        f"Epoch {epoch}, step {step} (graph {unit_id}, window "
-                        f"t[{a}]->t[{b}]): {err}") from None
+                    error = IntegrationError(
+                        f"Epoch {epoch}, step {step} (graph {graph_id}, window "
+                        f"t[{a}]->t[{b}]): {err}")
+                    break
                 value = _masked_loss(loss_fn, pred, unit.traj[a + 1:b + 1],
-                                     unit.loss_mask) / len(group)
+                                     unit.loss_mask) / group_size
                 if not bool(torch.isfinite(value)):
-                    raise IntegrationError(
+                    error = IntegrationError(
                         f"Epoch {epoch}, step {step}: the loss is {float(value)}. "
                         "Try a smaller learning rate, gradient clipping or "
                         "standardised expression")
+                    break
                 value.backward()
                 step_loss += float(value.detach())
+            if world > 1:  # a failure on any rank stops all of them
+                failed, step_loss = dist.all_reduce_sum([error is not None, step_loss],
+                                                        device)
+                if failed and error is None:
+                    error = IntegrationError(f"Epoch {epoch}, step {step}: the solve "
+                                             "failed on another rank")
+            if error is not None:
+                raise error
+            if world > 1:
+                dist.all_reduce_gradients(params)
             if clip_grad is not None:
                 torch.nn.utils.clip_grad_norm_(params, clip_grad)
             optimizer.step()
@@ -337,7 +384,13 @@ def fit(
         train_loss = total / max(count, 1)
         nfe = model.nfe
 
-        val_loss = _validate(model, units, times, holdout, last_train, loss_fn)
+        val_total, val_weight = _validate(model, units, times, holdout, last_train,
+                                          loss_fn)
+        if world > 1:
+            val_total, val_weight, nfe = dist.all_reduce_sum(
+                [val_total, val_weight, nfe], device)
+            nfe = int(nfe)
+        val_loss = None if holdout is None else val_total / max(val_weight, 1)
         monitor = val_loss if val_loss is not None else train_loss
         if sched is not None:
             if scheduler == 'plateau':
@@ -362,14 +415,18 @@ def fit(
         stop = patience is not None and bad_epochs >= patience
         if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0 or stop
                                        or epoch == epochs - 1):
-            save_checkpoint(checkpoint, dict(
-                config=_json_ready(model.config), fit_config=fit_config,
-                model=model.state_dict(), optimizer=optimizer.state_dict(),
-                scheduler=sched.state_dict() if sched is not None else None,
-                history=result.history, epoch=epoch,
-                best=dict(epoch=result.best_epoch, val_loss=result.best_val_loss,
-                          state=best_state),
-                rng=dict(torch=torch.get_rng_state(), generator=generator.get_state())))
+            if main:
+                save_checkpoint(checkpoint, dict(
+                    config=_json_ready(model.config), fit_config=fit_config,
+                    model=model.state_dict(), optimizer=optimizer.state_dict(),
+                    scheduler=sched.state_dict() if sched is not None else None,
+                    history=result.history, epoch=epoch,
+                    best=dict(epoch=result.best_epoch, val_loss=result.best_val_loss,
+                              state=best_state),
+                    rng=dict(torch=torch.get_rng_state(),
+                             generator=generator.get_state())))
+            if world > 1:
+                dist.barrier()  # the checkpoint is complete before anyone goes on
         if stop:
             result.stopped_early = True
             break
@@ -378,7 +435,7 @@ def fit(
     if restore_best and best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    if history_path is not None:
+    if history_path is not None and main:
         os.makedirs(os.path.dirname(os.path.abspath(history_path)), exist_ok=True)
         with open(history_path, 'w') as f:
             json.dump(dict(history=result.history, best_epoch=result.best_epoch,
@@ -389,9 +446,10 @@ def fit(
 
 @torch.no_grad()
 def _validate(model: STAGED, units: List[_Unit], times: Tensor, holdout: Optional[str],
-              last_train: int, loss_fn: Callable) -> Optional[float]:
+              last_train: int, loss_fn: Callable) -> Tuple[float, int]:
+    """Sum and count of the validation losses of :obj:`units`."""
     if holdout is None:
-        return None
+        return 0.0, 0
     model.eval()
     total, weight = 0.0, 0
     for unit in units:
@@ -407,4 +465,4 @@ def _validate(model: STAGED, units: List[_Unit], times: Tensor, holdout: Optiona
                                         unit.val_mask))
             weight += 1
     model.train()
-    return total / max(weight, 1)
+    return total, weight
