@@ -256,12 +256,31 @@ def _fit(args: argparse.Namespace) -> None:
                        options={'step_size': args.step_size} if args.step_size else None)
     ckpt = os.path.join(args.out, CHECKPOINT)
     holdout = 'time' if args.holdout > 0 else None
+    units = data
+    if args.tile_size is not None:
+        from torch_staged.data import tile
+        if not args.tile_size > 0:
+            raise CLIError(f"--tile-size must be positive (got {args.tile_size})")
+        units = tile(data, args.tile_size)
+        _log(args, f'{len(units)} spatial tiles of side {args.tile_size} (halo 1)')
+    info = None
+    if args.distributed:  # launched by torchrun: one process per GPU (or CPU rank)
+        from torch_staged.train import cleanup, init_from_env
+        info = init_from_env(device=args.device)
+        device = info.device
     tic = time.perf_counter()
-    result = fit(model, data, loss=args.loss, epochs=args.epochs, lr=args.lr,
-                 holdout=holdout, holdout_size=max(args.holdout, 1),
-                 patience=args.patience, seed=args.seed, checkpoint=ckpt,
-                 history_path=os.path.join(args.out, 'history.json'),
-                 device=device, progress=not args.quiet)
+    try:
+        result = fit(model, units, loss=args.loss, epochs=args.epochs, lr=args.lr,
+                     holdout=holdout, holdout_size=max(args.holdout, 1),
+                     patience=args.patience, seed=args.seed, checkpoint=ckpt,
+                     history_path=os.path.join(args.out, 'history.json'),
+                     device=device, distributed=args.distributed,
+                     progress=not args.quiet and (info is None or info.is_main))
+    finally:
+        if info is not None:
+            cleanup()
+    if info is not None and not info.is_main:
+        return  # rank 0 writes the run directory
     seconds = time.perf_counter() - tic
     model = model.to(device).eval()
 
@@ -621,6 +640,13 @@ def build_parser() -> argparse.ArgumentParser:
     fitp.add_argument('--autocrine', action='store_true')
     fitp.add_argument('--allow-negative', action='store_true',
                       help='Accept negative (centred/scaled) expression.')
+    fitp.add_argument('--tile-size', type=float, default=None,
+                      help='train on square spatial tiles of this side (halo of one '
+                           'neighbour hop); the unit of data parallelism')
+    fitp.add_argument('--distributed', action='store_true',
+                      help='data-parallel training over tiles with torch.distributed; '
+                           'launch with: torchrun --nproc_per_node=N -m torch_staged.cli '
+                           'fit --distributed --tile-size S ...')
     fitp.add_argument('--epochs', type=int, default=50)
     fitp.add_argument('--lr', type=float, default=0.01)
     fitp.add_argument('--loss', default='one_step', choices=('one_step', 'window',
