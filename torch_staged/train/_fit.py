@@ -4,7 +4,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,7 @@ class _Unit:
     loss_mask: Tensor  # [N*G] bool, nodes that enter the training loss
     val_mask: Tensor  # [N*G] bool, nodes of the validation metric
     clamp: Optional[Tensor]  # [N*G] bool, nodes that follow their observations
+    fused: Optional[Any] = None  # the unit's FusedGeneGraph, built on first use
 
 
 def _windows(mode: str, last: int, width: int) -> List[Tuple[int, int]]:
@@ -124,7 +125,9 @@ def _prepare_units(data, X, t, holdout, holdout_size, cell_order, device, dtype,
 def _solve_window(model: STAGED, unit: _Unit, times: Tensor, start: int, end: int
                   ) -> Tensor:
     """Predictions ``[end - start, N*G]`` at ``times[start + 1 .. end]``."""
-    model.func.set_graph(unit.data)
+    if unit.fused is None:  # fuse each tile once, not at every step
+        unit.fused = model.func.set_graph(unit.data).graph
+    model.func.set_graph(unit.fused)
     if unit.clamp is not None:
         values = unit.traj.unsqueeze(-1)
         if model.augment:
