@@ -105,23 +105,36 @@ def synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timeit_stats(fn: Callable[[], object], runs: int = 5, warmup: int = 2,
+                 device='cpu') -> Dict[str, object]:
+    """Like :func:`timeit`, with the wall-clock median and standard deviation, the
+    median process CPU time (:func:`time.process_time`, all threads; less
+    sensitive than wall time to other processes competing for the cores) and
+    every wall time.
+    """
+    for _ in range(warmup):
+        fn()
+    times, cpu_times = [], []
+    for _ in range(max(runs, 1)):
+        synchronize(device)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+    std = statistics.stdev(times) if len(times) > 1 else 0.0
+    return {'median': statistics.median(times), 'std': std,
+            'cpu_median': statistics.median(cpu_times), 'times': times}
+
+
 def timeit(fn: Callable[[], object], runs: int = 5, warmup: int = 2,
            device='cpu') -> Tuple[float, float]:
     """Median and standard deviation (seconds) of :obj:`runs` calls of :obj:`fn`,
     after :obj:`warmup` untimed calls, each timed between two device
     synchronisations with :func:`time.perf_counter`.
     """
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(max(runs, 1)):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    std = statistics.stdev(times) if len(times) > 1 else 0.0
-    return statistics.median(times), std
+    stats = timeit_stats(fn, runs, warmup, device)
+    return stats['median'], stats['std']
 
 
 # --------------------------------------------------------------------------- memory
@@ -247,16 +260,18 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 
 # --------------------------------------------------------------------------- processes
-def run_isolated(argv: Sequence[str], timeout: Optional[float] = None) -> Dict:
-    """Runs ``python <argv> --single-out FILE`` in a fresh process and returns the
-    JSON dict the child wrote to ``FILE``; on a crash, a kill or a timeout
-    returns ``{'skipped': reason}``.
+def run_isolated(argv: Sequence[str], timeout: Optional[float] = None,
+                 env: Optional[Dict[str, str]] = None) -> Dict:
+    """Runs ``python <argv> --single-out FILE`` in a fresh process (with the extra
+    environment variables :obj:`env`) and returns the JSON dict the child wrote to
+    ``FILE``; on a crash, a kill or a timeout returns ``{'skipped': reason}``.
     """
     fd, path = tempfile.mkstemp(suffix='.json', prefix='bench_')
     os.close(fd)
     try:
         proc = subprocess.run([sys.executable, *argv, '--single-out', path],
-                              timeout=timeout, stdout=sys.stderr)
+                              timeout=timeout, stdout=sys.stderr,
+                              env={**os.environ, **(env or {})})
         with open(path) as f:
             text = f.read()
         if text:

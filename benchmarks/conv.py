@@ -43,7 +43,7 @@ from _common import (  # noqa: E402
     standard_tissue,
     synchronize,
     tensor_bytes,
-    timeit,
+    timeit_stats,
     write_json,
 )
 
@@ -102,6 +102,10 @@ def parse_args(argv=None):
                         help='profile one forward + backward of the STAGEDConv '
                              'implementations with torch.profiler (top ops to '
                              'stderr and into the record)')
+    parser.add_argument('--thp', action='store_true',
+                        help='CPU: run every configuration with THP_MEM_ALLOC_ENABLE=1 '
+                             '(PyTorch backs large tensors with transparent huge '
+                             'pages: far fewer page faults on fresh memory)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--json', metavar='PATH', help='write the results here')
     # internal: one configuration in this process
@@ -220,7 +224,8 @@ def run_single(args):
     record = {'impl': name, 'cells': cells, 'genes': args.genes, 'k': args.k,
               'lr_pairs': args.lr_pairs, 'heads': args.heads, 'hidden': args.hidden,
               'device': str(device), 'threads': args.threads, 'runs': args.runs,
-              'warmup': args.warmup, 'loadavg_before': os.getloadavg()[0]}
+              'warmup': args.warmup, 'loadavg_before': os.getloadavg()[0],
+              'thp_mem_alloc': os.environ.get('THP_MEM_ALLOC_ENABLE') == '1'}
     try:
         torch.manual_seed(args.seed)
         start = time.perf_counter()
@@ -248,14 +253,18 @@ def run_single(args):
             record['seconds_compile'] = time.perf_counter() - start
 
         print(f'[{name} N={cells}] forward', file=sys.stderr, flush=True)
-        record['seconds_fwd'], record['seconds_fwd_std'] = timeit(
-            forward, args.runs, args.warmup, device)
+        stats = timeit_stats(forward, args.runs, args.warmup, device)
+        record['seconds_fwd'], record['seconds_fwd_std'] = stats['median'], stats['std']
+        record['cpu_seconds_fwd'], record['times_fwd'] = stats['cpu_median'], stats['times']
         measured = forward
         if args.backward:
             print(f'[{name} N={cells}] forward + backward', file=sys.stderr,
                   flush=True)
-            record['seconds_fwd_bwd'], record['seconds_fwd_bwd_std'] = timeit(
-                forward_backward, args.runs, args.warmup, device)
+            stats = timeit_stats(forward_backward, args.runs, args.warmup, device)
+            record['seconds_fwd_bwd'] = stats['median']
+            record['seconds_fwd_bwd_std'] = stats['std']
+            record['cpu_seconds_fwd_bwd'] = stats['cpu_median']
+            record['times_fwd_bwd'] = stats['times']
             measured = forward_backward
         mem = peak_memory(measured, device)
         record['peak_mem_bytes'] = mem['peak_bytes']
@@ -325,6 +334,9 @@ def add_ratios(records):
             k = key if r.get(key) and base.get(key) else 'seconds_fwd'
             r['speedup_vs_heteroconv'] = base[k] / r[k]
             r['speedup_of'] = 'fwd+bwd' if k == key else 'fwd'
+            cpu = 'cpu_' + k
+            if r.get(cpu) and base.get(cpu):
+                r['cpu_speedup_vs_heteroconv'] = base[cpu] / r[cpu]
             if r.get('peak_mem_bytes') is not None and base.get('peak_mem_bytes'):
                 r['mem_ratio_vs_heteroconv'] = r['peak_mem_bytes'] / base['peak_mem_bytes']
 
@@ -349,9 +361,11 @@ def print_table(records, file=sys.stdout):
         ('impl', 'impl', str), ('cells', 'cells', str),
         ('E_in', 'edges_in', str), ('E_out', 'edges_out', str),
         ('fwd ms', 'fwd', str), ('fwd+bwd ms', 'fwd_bwd', str),
+        ('cpu s', 'cpu_seconds_fwd_bwd', lambda v: f'{v:.2f}'),
         ('peak MiB', 'peak_mem_bytes', lambda v: f'{v / MiB:.0f}'),
         ('graph MiB', 'graph_bytes', lambda v: f'{v / MiB:.0f}'),
         ('speedup', 'speedup_vs_heteroconv', ratio),
+        ('cpu speedup', 'cpu_speedup_vs_heteroconv', ratio),
         ('mem ratio', 'mem_ratio_vs_heteroconv', ratio),
         ('fuse s', 'seconds_fuse', lambda v: f'{v:.2f}'),
         ('compile s', 'seconds_compile', lambda v: f'{v:.1f}'),
@@ -388,7 +402,8 @@ def main(argv=None):
             print(f'== {impl} N={cells}', file=sys.stderr, flush=True)
             start = time.perf_counter()
             record = run_isolated(child_argv(args, impl, cells, mem_limit),
-                                  timeout=args.timeout)
+                                  timeout=args.timeout,
+                                  env={'THP_MEM_ALLOC_ENABLE': '1'} if args.thp else None)
             record.setdefault('impl', impl)
             record.setdefault('cells', cells)
             record['seconds_total'] = time.perf_counter() - start
