@@ -28,3 +28,13 @@ lint: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs
+
+bench: $(VENV)/.installed
+	mkdir -p results
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/conv.py --cells 1000 10000 100000 --runs 3 --json results/conv_cpu.json
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/ode.py --cells 1000 10000 --threads 1 --json results/ode_cpu.json
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/scaling.py --cells 1000 10000 100000 1000000 --max-whole 100000 \
+		--max-build 100000 --extrapolate --runs 1 --threads 1 --json results/scaling_cpu.json
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/train.py --cells 10000 --tile-size 50 --threads 1 --json results/train_cpu.json
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/research_code.py --cells 50 100 200 400 --runs 5 --warmup 2 \
+		--threads 1 --json results/research_cpu.json
