@@ -190,9 +190,8 @@ class STAGEDODEFunc(torch.nn.Module):
             mask = self._clamp[0]
             state = torch.where(mask, self._clamp_values(t), state)
         messages = self.conv(state, fused, source_shift=source_shift)
-        emb = self.conv.node_features(state, fused.gene,
-                                      fused.node_type)[:, self.channels:]
-        z = torch.cat([state, messages, emb], dim=-1)
+        emb = self.conv.node_embedding(fused.gene, fused.node_type, state.dtype)
+        z = torch.cat([state, messages] + ([] if emb is None else [emb]), dim=-1)
         decay = F.softplus(self.decay)[fused.node_type, fused.gene].unsqueeze(-1)
         dx = self.mlp(z) - decay * state
         if self._clamp is not None:

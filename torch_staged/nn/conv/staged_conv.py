@@ -411,13 +411,26 @@ class STAGEDConv(MessagePassing):
         r"""The layer's node input :math:`\mathbf{h}_v = \mathbf{x}_v \Vert
         \mathbf{e}_{g(v)} \Vert \mathbf{c}_{\tau(v)}`, shape ``[N*G, D]``.
         """
-        parts = [x]
+        emb = self.node_embedding(gene, node_type, x.dtype)
+        return x if emb is None else torch.cat([x, emb], dim=-1)
+
+    def node_embedding(self, gene: Tensor, node_type: Optional[Tensor] = None,
+                       dtype: Optional[torch.dtype] = None) -> Optional[Tensor]:
+        r"""The embedding part :math:`\mathbf{e}_{g(v)} \Vert \mathbf{c}_{\tau(v)}`
+        of :math:`\mathbf{h}_v`, shape ``[N*G, gene_dim + type_dim]`` (:obj:`None`
+        without embeddings).
+        """
+        parts = []
         if self.gene_emb is not None:
-            parts.append(self.gene_emb.weight.to(x.dtype).index_select(0, gene))
+            parts.append(self.gene_emb.weight.index_select(0, gene))
         if self.type_emb is not None:
             if node_type is None:
                 raise ValueError("'node_type' is needed with a cell-type embedding")
-            parts.append(self.type_emb.weight.to(x.dtype).index_select(0, node_type))
+            parts.append(self.type_emb.weight.index_select(0, node_type))
+        if dtype is not None:
+            parts = [p.to(dtype) for p in parts]
+        if not parts:
+            return None
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     def score_activation(self, value: Tensor) -> Tensor:
