@@ -19,10 +19,10 @@ INTER_KEYS = ['ligand', 'receptor', 'sender_type', 'receiver_type']
 INTRA_KEYS = ['cell_type', 'source', 'target']
 
 
-def _recovery(model, data, truth: dict) -> Dict[str, Optional[float]]:
+def _recovery(model, data, truth: dict, scores: dict) -> Dict[str, Optional[float]]:
     out: Dict[str, Optional[float]] = {}
     for method in ('jacobian', 'attention'):
-        intra, inter = interaction_tables(model, data, method=method)
+        intra, inter = interaction_tables(model, data, scores=scores[method])
         rec = interaction_recovery(intra, truth['intracellular'], INTRA_KEYS, 'abs_score')
         out[f'intra_auroc_{method}'] = rec['auroc']
         out[f'intra_auprc_{method}'] = rec['auprc']
@@ -71,13 +71,14 @@ def run_demo(out: str, *, epochs: int = 30, holdout: int = 4, seed: int = 0,
                    heldout_mse=float(((pred - X[last + 1:]) ** 2).mean()),
                    rollout_r2=r2_score(rollout[1:], X[1:]),
                    spearman=float(spearman_per_gene(rollout, X).mean()))
-        rec.update(_recovery(model, data, truth))
+        scores = {m: edge_scores(model, data, method=m) for m in ('jacobian', 'attention')}
+        rec.update(_recovery(model, data, truth, scores))
         rec['inter_auroc'] = rec['inter_auroc_jacobian']
         rec['intra_auroc'] = rec['intra_auroc_jacobian']
         rec['fit_seconds'] = time.perf_counter() - start
         rec['epochs'] = len(result.history)
         metrics[name] = rec
-        fitted[name], histories[name] = model, result.history
+        fitted[name], histories[name] = (model, scores['jacobian']), result.history
         heldout_pred[name] = rollout
     metrics['seconds'] = time.perf_counter() - tic
     metrics['data'] = dict(cells=data.num_cells, genes=data.num_genes,
@@ -108,11 +109,11 @@ def _figures(out, data, X, t, last, truth, fitted, histories, predictions):
                       split_time=float(t[last]), path=os.path.join(out, 'trajectories.png'))
     plt.close('all')
     if 'staged' in fitted:
-        model = fitted['staged']
-        _, learned = interaction_tables(model, data, method='jacobian')
+        model, jacobian = fitted['staged']
+        _, learned = interaction_tables(model, data, scores=jacobian)
         plot.interaction_heatmaps(learned, inter, path=os.path.join(out, 'interactions.png'))
         plt.close('all')
-        scores = edge_scores(model, data, method='jacobian')[SIGNALS]
+        scores = jacobian[SIGNALS]
         pairs = [tuple(p) for p in data.lr_pairs]
         pair = pairs.index((row['ligand'], row['receptor'])) if len(active) else 0
         incoming = plot.incoming_per_cell(data, scores, pair)

@@ -72,7 +72,9 @@ def edge_scores(model, data: TissueData, states: Optional[Tensor] = None,
 
 
 def interaction_tables(model, data: TissueData, states: Optional[Tensor] = None,
-                       method: str = 'jacobian') -> Tuple[pd.DataFrame, pd.DataFrame]:
+                       method: str = 'jacobian',
+                       scores: Optional[Dict[EdgeType, Tensor]] = None,
+                       ) -> Tuple[pd.DataFrame, pd.DataFrame]:
     r"""Learned interaction strengths aggregated the way a biologist reads them.
 
     * intracellular: one row per (cell type, source gene, target gene) of the
@@ -88,11 +90,14 @@ def interaction_tables(model, data: TissueData, states: Optional[Tensor] = None,
         data (TissueData): The tissue.
         states (Tensor, optional): See :func:`edge_scores`.
         method (str, optional): ``'attention'`` or ``'jacobian'``.
+        scores (dict, optional): Per-edge scores already computed by
+            :func:`edge_scores` (then :obj:`states` and :obj:`method` are unused).
 
     Returns:
         ``(intracellular, intercellular)`` DataFrames.
     """
-    scores = edge_scores(model, data, states, method)
+    if scores is None:
+        scores = edge_scores(model, data, states, method)
     genes = np.asarray(data.gene_names)
     types = np.asarray(data.cell_type_names)
     G = data.num_genes
