@@ -3,6 +3,7 @@ import numbers
 from typing import Optional, Sequence, Union
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 
@@ -115,6 +116,52 @@ def _segment_arange(counts: Tensor, ptr: Tensor) -> Tensor:
     return torch.arange(total) - ptr[owner]
 
 
+def _check_sections(batch: Optional[ArrayLike], num_cells: int) -> tuple:
+    """Section codes ``[N]`` (``0..B-1``) and their labels; one section when
+    :obj:`batch` is :obj:`None`.
+    """
+    if batch is None:
+        return np.zeros(num_cells, dtype=np.int64), ['0']
+    arr = _to_numpy(batch, 'batch').reshape(-1)
+    if arr.shape[0] != num_cells:
+        raise ValueError(f"'batch' has {arr.shape[0]} entries but 'pos' has "
+                         f"{num_cells} cells: give one section per cell")
+    if arr.dtype.kind == 'f' and not np.isfinite(arr).all() or (
+            arr.dtype == object and pd.isna(arr).any()):
+        raise ValueError("'batch' has empty (NaN / None) sections: fill them in")
+    codes, names = pd.factorize(arr, sort=True)
+    return codes.astype(np.int64), [str(n) for n in names]
+
+
+def _cell_order(pos: np.ndarray, section: np.ndarray, reorder: bool) -> np.ndarray:
+    """Cells grouped by section, each section along a Morton curve."""
+    order = np.argsort(section, kind='stable')
+    if not reorder:
+        return order
+    parts = np.split(order, np.flatnonzero(np.diff(section[order])) + 1)
+    return np.concatenate([part[morton_order(pos[part])] for part in parts])
+
+
+def _section_edges(pos: np.ndarray, section: np.ndarray, rule: str, k: int,
+                   radius: Optional[float]):
+    """Neighbour edges of every section (cells grouped by section), offset to the
+    global ids: sorted by target, none between sections.
+    """
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(section)) + 1,
+                             [section.size]])
+    parts = []
+    for start, stop in zip(bounds[:-1], bounds[1:]):  # loop over sections only
+        here = pos[start:stop]
+        if rule == 'knn':
+            src, dst, dist = knn_edges(here, int(k))
+        elif rule == 'radius':
+            src, dst, dist = radius_edges(here, float(radius))
+        else:
+            src, dst, dist = delaunay_edges(here)
+        parts.append((src + start, dst + start, dist))
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
+
+
 def build_tissue_graph(
     pos: ArrayLike,
     cell_type: ArrayLike,
@@ -131,6 +178,7 @@ def build_tissue_graph(
     missing_genes: str = 'raise',
     x: Optional[ArrayLike] = None,
     reorder: bool = True,
+    batch: Optional[ArrayLike] = None,
     dtype: torch.dtype = torch.float32,
 ) -> TissueData:
     r"""Builds the batched gene / cell graph of one tissue as a :class:`TissueData`.
@@ -153,6 +201,16 @@ def build_tissue_graph(
     edge list is sorted by target. With :obj:`reorder=True` cells are numbered
     along a Morton curve so that neighbours have nearby ids (see
     :meth:`TissueData.cells_to_graph` to map per-cell tensors).
+
+    **Several sections.** With :obj:`batch` (the section, sample or library of
+    every cell, e.g. a scverse ``library_key`` column), neighbourhoods are
+    computed within each section only, so the graph is block diagonal: with
+    :math:`B` sections, :math:`E_c = \sum_b E_c^{(b)}` and no ``near``,
+    ``regulates`` or ``signals`` edge joins two sections. It is the same graph
+    as :meth:`~torch_geometric.data.Batch.from_data_list` of the sections built
+    one by one (up to the cell order). Cells are numbered section by section
+    (Morton order within each), and ``data['cell'].batch`` ``[N]`` holds the
+    section codes (``data.section_names`` their labels).
 
     Args:
         pos (array-like): Cell positions of shape ``[N, 2]`` or ``[N, 3]``.
@@ -186,6 +244,9 @@ def build_tissue_graph(
             (default: :obj:`None`)
         reorder (bool, optional): Number cells along a Morton curve.
             (default: :obj:`True`)
+        batch (array-like, optional): ``[N]`` section of each cell (integer
+            codes or labels); neighbours are found within sections only.
+            (default: :obj:`None`, one tissue)
         dtype (torch.dtype, optional): Floating dtype of positions, distances
             and :obj:`x`. (default: :obj:`torch.float32`)
 
@@ -214,6 +275,7 @@ def build_tissue_graph(
     if missing_genes not in MISSING_OPTIONS:
         raise ValueError(f"'missing_genes' must be one of {MISSING_OPTIONS} "
                          f"(got '{missing_genes}')")
+    section, section_names = _check_sections(batch, num_cells)
     lr = lr_pair_table(lr_pairs, gene_index, missing_genes)
     templates = grn_templates(grn, gene_index, type_names, missing_genes)
 
@@ -228,6 +290,13 @@ def build_tissue_graph(
             if k >= num_cells:
                 raise ValueError(f"'k' must be smaller than the number of cells "
                                  f"(got k={k} for {num_cells} cells)")
+            smallest = int(np.bincount(section).min())
+            if k >= smallest:
+                name = section_names[int(np.argmin(np.bincount(section)))]
+                raise ValueError(
+                    f"'k' must be smaller than the number of cells of every "
+                    f"section, but section {name!r} has {smallest} cells (k={k}): "
+                    f"use a smaller 'k' or drop that section")
         if neighbors == 'radius' and (radius is None or not radius > 0):
             raise ValueError(f"neighbors='radius' needs a positive 'radius' "
                              f"(got {radius!r})")
@@ -240,6 +309,14 @@ def build_tissue_graph(
                                  or given_index.max() >= num_cells):
             raise ValueError(f"The given neighbourhood refers to cells outside "
                              f"0..{num_cells - 1}")
+        across = section[given_index[0]] != section[given_index[1]]
+        if across.any():
+            raise ValueError(
+                f"The given neighbourhood has {int(across.sum())} edge(s) between "
+                f"different sections ('batch'), e.g. cells "
+                f"{given_index[:, np.flatnonzero(across)[:3]].T.tolist()}: compute "
+                f"neighbours within each section (squidpy: spatial_neighbors(..., "
+                f"library_key=...)) or use neighbors='knn'")
     if max_distance is not None and not max_distance > 0:
         raise ValueError(f"'max_distance' must be positive (got {max_distance!r})")
     x_np = None
@@ -255,22 +332,19 @@ def build_tissue_graph(
         if not np.isfinite(x_np).all():
             raise ValueError("'x' has NaN or Inf entries")
 
-    # ---- cell order --------------------------------------------------------
-    perm = morton_order(pos_np) if reorder else np.arange(num_cells)
+    # ---- cell order: section by section, Morton order within ----------------
+    perm = _cell_order(pos_np, section, reorder)
     inv = np.empty_like(perm)
     inv[perm] = np.arange(num_cells)
     pos_np = pos_np[perm]
     codes = codes[perm]
+    section = section[perm]
 
-    # ---- cell neighbourhood ------------------------------------------------
+    # ---- cell neighbourhood (within each section) ----------------------------
     if given_index is not None:
         c_src, c_dst, c_dist = given_edges(pos_np, inv[given_index])
-    elif neighbors == 'knn':
-        c_src, c_dst, c_dist = knn_edges(pos_np, int(k))
-    elif neighbors == 'radius':
-        c_src, c_dst, c_dist = radius_edges(pos_np, float(radius))
     else:
-        c_src, c_dst, c_dist = delaunay_edges(pos_np)
+        c_src, c_dst, c_dist = _section_edges(pos_np, section, neighbors, k, radius)
     if max_distance is not None:
         keep = c_dist <= max_distance
         c_src, c_dst, c_dist = c_src[keep], c_dst[keep], c_dist[keep]
@@ -291,6 +365,9 @@ def build_tissue_graph(
     data[CELL].pos = torch.from_numpy(pos_np).to(dtype)
     data[CELL].cell_type = cell_type_t
     data[CELL].n_id = torch.from_numpy(perm.astype(np.int64))
+    if batch is not None:
+        data[CELL].batch = torch.from_numpy(section.astype(np.int64))
+        data.section_names = section_names
     data[CELL].num_nodes = num_cells
 
     node = torch.arange(num_cells * num_genes)

@@ -7,7 +7,8 @@ from torch import Tensor
 from torch_staged.data.tissue_data import TissueData
 from torch_staged.typing import CELL, GENE, NEAR, REGULATES, SIGNALS
 
-_GLOBAL_KEYS = ('gene_names', 'cell_type_names', 'lr_pairs', 'autocrine', 't')
+_GLOBAL_KEYS = ('gene_names', 'cell_type_names', 'lr_pairs', 'autocrine', 't',
+                'section_names')
 
 
 def _csr(owner: Tensor, num: int) -> Tensor:
@@ -39,6 +40,11 @@ def tile(data: TissueData, tile_size: float, halo: int = 1,
     hop, so with :obj:`halo=1` the interior's right-hand side equals the full
     tissue's exactly for the same state.
 
+    A tissue of several sections (``data['cell'].batch``, see
+    :func:`~torch_staged.data.build_tissue_graph`) is tiled section by section:
+    a tile never holds the interior cells of two sections, even when their
+    coordinates overlap.
+
     A tile's cost depends only on its own cells and edges (index look-ups use
     CSR pointers and binary search, never an array over the whole tissue per
     tile), and tiles are the unit of data parallelism.
@@ -63,8 +69,9 @@ def tile(data: TissueData, tile_size: float, halo: int = 1,
     num_cells, num_genes = data.num_cells, data.num_genes
     pos = data[CELL].pos
     grid = torch.floor((pos - pos.min(0).values) / tile_size).long()
-    key = grid[:, 0]
-    for d in range(1, grid.size(1)):
+    key = data[CELL].batch.long() if 'batch' in data[CELL] else torch.zeros_like(
+        grid[:, 0])
+    for d in range(grid.size(1)):
         key = key * (int(grid[:, d].max()) + 1) + grid[:, d]
     order = torch.sort(key, stable=True)
     tile_keys, counts = torch.unique_consecutive(order.values, return_counts=True)

@@ -31,6 +31,9 @@ class Key:
 
         #: Spatial coordinates ``[n_obs, 2 or 3]`` (the scverse convention).
         spatial = 'spatial'
+        #: Coordinates of every section in a common frame
+        #: (:func:`~torch_staged.trajectory.align_sections`).
+        aligned = 'spatial_aligned'
 
         @staticmethod
         def incoming(key_added: str) -> str:
@@ -79,3 +82,10 @@ class Key:
         #: Where :func:`~torch_staged.trajectory.infer_trajectories` stores its
         #: parameters and transport costs.
         trajectory = 'staged_trajectories'
+        #: In ``uns[trajectory]`` and ``uns[key_added]``: the matching of every
+        #: snapshot row to an anchor cell (DataFrame indexed by the snapshot's
+        #: obs names, columns ``time``, ``anchor``, ``weight``).
+        matches = 'matches'
+        #: Per-section transforms found by
+        #: :func:`~torch_staged.trajectory.align_sections`.
+        alignment = 'alignment'

@@ -1,4 +1,5 @@
 """Long-format AnnData -> trajectories and the tissue graph."""
+import warnings
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Union
 
@@ -25,7 +26,7 @@ from torch_staged.io._validate import (
     expression_matrix,
     numeric_times,
 )
-from torch_staged.typing import ArrayLike, PairTable
+from torch_staged.typing import CELL, ArrayLike, PairTable
 
 #: Neighbourhood rules computed by the builder.
 RULES = ('knn', 'radius', 'delaunay')
@@ -55,6 +56,17 @@ class Trajectories:
         cell_key (str): The ``obs`` column of the cell ids.
         time_key (str): The ``obs`` column of the times.
         type_key (str): The ``obs`` column of the cell types.
+        library_key (str, optional): The ``obs`` column of the sections
+            (:obj:`None`: one tissue).
+        libraries (list, optional): The :math:`B` section labels in code order
+            (``data['cell'].batch`` indexes this list); with a
+            :obj:`library_key`, :attr:`cell_ids` are ``(library, cell id)``
+            pairs.
+        matches (DataFrame, optional): For trajectories inferred from snapshots
+            (:func:`~torch_staged.trajectory.infer_trajectories`), the matching
+            of every observed snapshot row to an anchor cell (index: the
+            snapshot's ``obs_names``; columns ``time``, ``anchor``, ``weight``);
+            :func:`~torch_staged.io.write_results` writes onto those rows.
     """
 
     data: TissueData
@@ -66,6 +78,23 @@ class Trajectories:
     cell_key: str = Key.obs.cell
     time_key: str = Key.obs.time
     type_key: str = Key.obs.cell_type
+    library_key: Optional[str] = None
+    libraries: Optional[List[Any]] = None
+    matches: Optional[pd.DataFrame] = None
+
+    @property
+    def num_sections(self) -> int:
+        """The number :math:`B` of sections (1 without a library key)."""
+        return 1 if self.libraries is None else len(self.libraries)
+
+    @property
+    def cell_library(self) -> Optional[Tensor]:
+        """``[N]`` section code of every cell in input order (:obj:`None`
+        without a library key).
+        """
+        if self.libraries is None:
+            return None
+        return self.data.cells_to_input(self.data[CELL].batch)
 
     @property
     def num_cells(self) -> int:
@@ -91,13 +120,40 @@ class Trajectories:
         return (f'{self.__class__.__name__}(num_cells={self.num_cells}, '
                 f'num_times={self.num_times}, num_genes={self.num_genes}, '
                 f'cell_types={self.cell_types}, '
-                f'edges={self.data.edge_counts()})')
+                + (f'sections={self.num_sections}, ' if self.libraries else '')
+                + f'edges={self.data.edge_counts()})')
 
 
-def _factorize_cells(column: pd.Series, cell_key: str):
-    values = column.to_numpy()
-    if isinstance(column.dtype, pd.CategoricalDtype):
-        values = column.astype(column.cat.categories.dtype).to_numpy()
+def _cell_values(obs: pd.DataFrame, cell_key: str,
+                 library_key: Optional[str] = None) -> np.ndarray:
+    """Per row, the identity of its cell: ``obs[cell_key]`` or, with
+    :obj:`library_key`, the pair ``(library, cell id)`` (ids may repeat across
+    sections).
+    """
+    def plain(column: pd.Series) -> np.ndarray:
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            return column.astype(column.cat.categories.dtype).to_numpy()
+        return column.to_numpy()
+
+    values = plain(obs[cell_key])
+    if library_key is None:
+        return values
+    keys = np.empty(values.size, dtype=object)
+    keys[:] = list(zip(plain(obs[library_key]).tolist(), values.tolist()))
+    return keys
+
+
+def cell_positions(cell_ids: Sequence, values: np.ndarray) -> np.ndarray:
+    """For every value of :func:`_cell_values`, its index in :obj:`cell_ids`
+    (-1 when unknown).
+    """
+    if len(cell_ids) and isinstance(cell_ids[0], tuple):
+        index = pd.MultiIndex.from_tuples(list(cell_ids))
+        return index.get_indexer(pd.MultiIndex.from_tuples(list(values)))
+    return pd.Index(cell_ids).get_indexer(values)
+
+
+def _factorize_cells(values: np.ndarray, cell_key: str):
     try:
         codes, uniques = pd.factorize(values, sort=True)
     except TypeError:
@@ -106,6 +162,50 @@ def _factorize_cells(column: pd.Series, cell_key: str):
                          ) from None
     return codes.astype(np.int64), list(uniques.tolist() if hasattr(uniques, 'tolist')
                                         else uniques)
+
+
+def _type_names(type_col: pd.Series, type_labels: np.ndarray, type_key: str
+                ) -> List[str]:
+    """Cell-type names in code order: the **used** categories of a categorical
+    column (in category order; unused ones are dropped with a warning), else the
+    sorted labels.
+    """
+    used = set(type_labels.tolist())
+    if not isinstance(type_col.dtype, pd.CategoricalDtype):
+        return sorted(used)
+    names = [str(c) for c in type_col.cat.categories]
+    unused = [c for c in names if c not in used]
+    if unused:
+        warnings.warn(
+            f"adata.obs[{type_key!r}] has categories without any cell {unused}: "
+            f"they are not made cell types of this tissue. Pass cell_types=[...] "
+            f"listing every type to keep them (e.g. a trained model's types)",
+            stacklevel=3)
+    return [c for c in names if c in used]
+
+
+def _matches(adata) -> Optional[pd.DataFrame]:
+    """The snapshot-row -> anchor matching stored by
+    :func:`~torch_staged.trajectory.infer_trajectories`, if any.
+    """
+    params = adata.uns.get(Key.uns.trajectory, None)
+    if not isinstance(params, dict):
+        return None
+    table = params.get(Key.uns.matches, None)
+    return table.copy() if isinstance(table, pd.DataFrame) else None
+
+
+def _check_section_sizes(section: np.ndarray, libraries: list, library_key: str,
+                         neighbors, k) -> None:
+    """Raises when a section has too few cells for its kNN neighbourhood."""
+    sizes = np.bincount(section)
+    if isinstance(neighbors, str) and neighbors == 'knn' and isinstance(k, int) \
+            and k >= int(sizes.min()):
+        name = libraries[int(np.argmin(sizes))]
+        raise ValueError(
+            f"'k' must be smaller than the number of cells of every section, but "
+            f"section {name!r} (obs[{library_key!r}]) has {int(sizes.min())} cells "
+            f"(k={k}): use a smaller 'k' or drop that section")
 
 
 def _graph_from_matrix(matrix, cell: np.ndarray, num_cells: int, what: str
@@ -171,6 +271,7 @@ def read_trajectories(
     time_key: str = Key.obs.time,
     type_key: str = Key.obs.cell_type,
     spatial_key: str = Key.obsm.spatial,
+    library_key: Optional[str] = None,
     layer: Optional[str] = None,
     genes: Optional[Sequence[str]] = None,
     lr_pairs: Optional[PairTable] = None,
@@ -212,6 +313,14 @@ def read_trajectories(
     order), or a ``[2, E]`` array of (source, target) cell indices, may also be
     given. Edge distances are recomputed from the positions.
 
+    **Several sections** (samples, libraries; the scverse ``library_key``):
+    with :obj:`library_key`, a cell is the pair ``(obs[library_key],
+    obs[cell_key])`` (ids may repeat across sections), each section keeps its
+    own coordinate frame, and the tissue graph is block diagonal: neighbours
+    are found within sections only (``data['cell'].batch`` holds the section
+    codes), so a fit over all sections is the sum of the fits of the sections
+    (see :func:`~torch_staged.data.build_tissue_graph`).
+
     **Priors.** :obj:`lr_pairs` and :obj:`grn` go through
     :func:`read_lr_pairs` / :func:`read_grn` (column aliases, heteromeric
     complexes) with this panel, so absent genes and an empty ligand ->
@@ -227,6 +336,8 @@ def read_trajectories(
             (default: :obj:`'cell_type'`)
         spatial_key (str, optional): ``obsm`` key of the positions ``[n_obs, 2
             or 3]``. (default: :obj:`'spatial'`)
+        library_key (str, optional): ``obs`` column of the section (sample,
+            library) of every row. (default: :obj:`None`, one tissue)
         layer (str, optional): Read ``layers[layer]`` instead of ``X``.
             (default: :obj:`None`)
         genes (list of str, optional): The gene panel, a subset of
@@ -242,8 +353,8 @@ def read_trajectories(
             ``neighbors='obsp'``. (default: :obj:`'spatial_connectivities'`)
         cell_types (list of str, optional): All cell-type names in code order,
             e.g. a trained model's (:attr:`Trajectories.cell_types`); an unknown
-            label raises. (default: the categories of ``obs[type_key]`` when it
-            is categorical, else the sorted labels)
+            label raises. (default: the categories of ``obs[type_key]`` that
+            have cells when it is categorical, else the sorted labels)
         missing_genes (str, optional): Prior rows naming absent genes:
             ``'raise'``, ``'drop'`` (warn) or ``'ignore'``.
             (default: :obj:`'raise'`)
@@ -276,7 +387,7 @@ def read_trajectories(
     if bad_kwargs:
         raise TypeError(f"read_trajectories() got unexpected keyword argument(s) "
                         f"{bad_kwargs}")
-    cell_col = check_obs_key(adata, cell_key, 'cell_key', 'cell ids')
+    check_obs_key(adata, cell_key, 'cell_key', 'cell ids')
     time_col = check_obs_key(adata, time_key, 'time_key', 'observation times')
     type_col = check_obs_key(adata, type_key, 'type_key', 'cell types')
     pos_rows = check_spatial(adata, spatial_key)
@@ -285,7 +396,13 @@ def read_trajectories(
     row_times = numeric_times(time_col, time_key)
     check_two_times(row_times, time_key)
 
-    cell, cell_ids = _factorize_cells(cell_col, cell_key)
+    lib_col = None
+    if library_key is not None:
+        lib_col = check_obs_key(adata, library_key, 'library_key',
+                                'section (library) ids')
+    cell, cell_ids = _factorize_cells(_cell_values(adata.obs, cell_key, library_key),
+                                      cell_key if library_key is None
+                                      else f'{library_key}, {cell_key}')
     times, time = np.unique(row_times, return_inverse=True)
     time = time.reshape(-1).astype(np.int64)
     N, T = len(cell_ids), times.size
@@ -316,10 +433,7 @@ def read_trajectories(
                      'adata.X' if layer is None else f'adata.layers[{layer!r}]',
                      allow_negative)
     if cell_types is None:
-        if isinstance(type_col.dtype, pd.CategoricalDtype):
-            cell_types = [str(c) for c in type_col.cat.categories]
-        else:
-            cell_types = sorted(set(type_labels.tolist()))
+        cell_types = _type_names(type_col, type_labels, type_key)
     else:
         cell_types = [str(c) for c in cell_types]
         check_known_types(type_labels, cell_types, type_key)
@@ -337,6 +451,11 @@ def read_trajectories(
                     f"the cell types {cell_types} of obs[{type_key!r}]: fix its "
                     f"'cell_type' column, or pass cell_types=[...] listing every type")
     edges = _neighbors(adata, neighbors, cell, N, connectivity_key)
+    section, libraries = None, None
+    if lib_col is not None:
+        section, libraries = _factorize_cells(lib_col.to_numpy()[first], library_key)
+        _check_section_sizes(section, libraries, library_key, neighbors,
+                             graph_kwargs.get('k', 8))
 
     # ---- reshape ----------------------------------------------------------------
     values = matrix if columns is None else matrix[:, columns]
@@ -351,8 +470,11 @@ def read_trajectories(
     data = build_tissue_graph(
         pos_rows[first], type_labels[first], panel, lr_pairs=lr_pairs, grn=grn,
         neighbors=edges, cell_types=cell_types, missing_genes='raise', x=X_t[0],
-        dtype=dtype, **graph_kwargs)
+        batch=section, dtype=dtype, **graph_kwargs)
+    if libraries is not None:
+        data.section_names = [str(b) for b in libraries]
     data.set_trajectories(X_t, t, cell_order='input')
     return Trajectories(data=data, X=X_t, t=t, cell_ids=cell_ids, genes=panel,
                         cell_types=cell_types, cell_key=cell_key, time_key=time_key,
-                        type_key=type_key)
+                        type_key=type_key, library_key=library_key,
+                        libraries=libraries, matches=_matches(adata))

@@ -12,7 +12,7 @@ from torch import Tensor
 from torch_staged.interpret import edge_scores, interaction_tables
 from torch_staged.interpret._tables import METHODS
 from torch_staged.io._constants import Key
-from torch_staged.io._read import Trajectories
+from torch_staged.io._read import Trajectories, _cell_values, cell_positions
 from torch_staged.io._validate import (
     check_anndata,
     check_model,
@@ -29,18 +29,21 @@ def _row_lookup(adata, traj: Trajectories):
     """For every row of :obj:`adata`, its cell (input order) and time index, -1
     when the row is not part of the trajectories.
     """
-    for key in (traj.cell_key, traj.time_key):
+    keys = [traj.cell_key, traj.time_key] + (
+        [traj.library_key] if traj.library_key is not None else [])
+    for key in keys:
         if key not in adata.obs.columns:
             raise ValueError(
                 f"adata.obs has no column {key!r}, which the trajectories were read "
-                f"with (cell_key={traj.cell_key!r}, time_key={traj.time_key!r}): "
-                f"write into the AnnData the trajectories were read from")
-    cell_col = check_obs_key(adata, traj.cell_key, 'cell_key', 'cell ids')
+                f"with (cell_key={traj.cell_key!r}, time_key={traj.time_key!r}, "
+                f"library_key={traj.library_key!r}): write into the AnnData the "
+                f"trajectories were read from")
+    check_obs_key(adata, traj.cell_key, 'cell_key', 'cell ids')
     time_col = check_obs_key(adata, traj.time_key, 'time_key', 'observation times')
-    values = cell_col.to_numpy()
-    if isinstance(cell_col.dtype, pd.CategoricalDtype):
-        values = cell_col.astype(cell_col.cat.categories.dtype).to_numpy()
-    cell = pd.Index(traj.cell_ids).get_indexer(values)
+    if traj.library_key is not None:
+        check_obs_key(adata, traj.library_key, 'library_key', 'section ids')
+    cell = cell_positions(traj.cell_ids,
+                          _cell_values(adata.obs, traj.cell_key, traj.library_key))
     row_t = numeric_times(time_col, traj.time_key)
     t = traj.t.detach().cpu().double().numpy()
     nearest = np.clip(np.searchsorted(t, row_t), 0, t.size - 1)
@@ -232,6 +235,8 @@ def write_results(
         'method': method,
         'cell_key': traj.cell_key, 'time_key': traj.time_key,
         'type_key': traj.type_key,
+        'library_key': traj.library_key or '',
+        'libraries': np.asarray([str(b) for b in traj.libraries or []], dtype=str),
         'times': traj.t.detach().cpu().double().numpy(),
         'genes': np.asarray(traj.genes, dtype=str),
         'cell_types': np.asarray(traj.cell_types, dtype=str),
