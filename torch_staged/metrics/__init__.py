@@ -4,7 +4,13 @@ interaction recovery (AUROC, average precision), in plain numpy.
 Every function takes numpy arrays, torch tensors or lists, computes in float64
 on the CPU, and returns Python floats or numpy arrays.
 """
-from torch_staged.metrics._ranking import auprc, auroc, interaction_recovery
+from torch_staged.metrics._ranking import (
+    auprc,
+    auroc,
+    interaction_recovery,
+    sign_accuracy,
+    true_pair_rank,
+)
 from torch_staged.metrics._regression import (
     mse,
     r2_score,
@@ -22,4 +28,6 @@ __all__ = [
     'auroc',
     'auprc',
     'interaction_recovery',
+    'sign_accuracy',
+    'true_pair_rank',
 ]

@@ -1,7 +1,7 @@
 """Ranking metrics: how well learned scores separate true interactions from
 false ones.
 """
-from typing import Dict, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -169,3 +169,76 @@ def interaction_recovery(learned: pd.DataFrame, truth: pd.DataFrame,
     return dict(auroc=auroc(scores, labels), auprc=auprc(scores, labels),
                 n_pos=int(labels.sum()), n_neg=int((~labels).sum()),
                 n_missing=int((~found).sum()))
+
+
+def sign_accuracy(learned: pd.DataFrame, truth: pd.DataFrame, keys: Sequence[str],
+                  score_col: str = 'score', truth_col: str = 'strength'
+                  ) -> Optional[float]:
+    r"""Fraction of the true interactions (:math:`\text{truth} \neq 0`) whose
+    learned score has the true sign (a score of exactly 0 counts as wrong).
+
+    Args:
+        learned (DataFrame): Learned signed scores, one row per key.
+        truth (DataFrame): Ground truth, one row per key.
+        keys (list of str): Columns to join on (compared as strings).
+        score_col (str, optional): Signed score column. (default: :obj:`'score'`)
+        truth_col (str, optional): Signed truth column. (default: :obj:`'strength'`)
+
+    Returns:
+        The fraction, or :obj:`None` when no true interaction has a score.
+
+    Example:
+        >>> import pandas as pd
+        >>> truth = pd.DataFrame({'source': list('abc'), 'strength': [1, -1, 0]})
+        >>> learned = pd.DataFrame({'source': list('abc'), 'score': [0.5, 0.2, -1.0]})
+        >>> sign_accuracy(learned, truth, ['source'])
+        0.5
+    """
+    keys = list(keys)
+    left, right = learned[keys + [score_col]].copy(), truth[keys + [truth_col]].copy()
+    for frame in (left, right):
+        for key in keys:
+            frame[key] = frame[key].astype(str)
+    merged = right[right[truth_col] != 0].merge(left, on=keys, how='inner')
+    if not len(merged):
+        return None
+    return float((np.sign(merged[score_col].to_numpy(np.float64))
+                  == np.sign(merged[truth_col].to_numpy(np.float64))).mean())
+
+
+def true_pair_rank(intercellular: pd.DataFrame, truth: pd.DataFrame,
+                   score_col: str = 'abs_score') -> Optional[int]:
+    r"""Worst rank of a true ligand -> receptor pair among the decoys.
+
+    Each candidate pair's score is the largest :obj:`score_col` over its
+    (sender type, receiver type) rows. A true pair's rank is 1 + the number of
+    decoy pairs (``truth['true_pair']`` false) scoring above it; the worst over
+    the true pairs is returned, so 1 means every true pair outranks every
+    decoy.
+
+    Returns:
+        The rank, or :obj:`None` without true pairs or learned rows.
+
+    Example:
+        >>> import pandas as pd
+        >>> truth = pd.DataFrame({'ligand': ['A', 'B', 'C'], 'receptor': ['X', 'Y', 'Z'],
+        ...                       'true_pair': [True, False, False]})
+        >>> learned = pd.DataFrame({'ligand': ['A', 'B', 'C'], 'receptor': ['X', 'Y', 'Z'],
+        ...                         'abs_score': [0.5, 0.9, 0.1]})
+        >>> true_pair_rank(learned, truth)
+        2
+    """
+    if not len(intercellular) or not len(truth):
+        return None
+    keys = ['ligand', 'receptor']
+    best = intercellular.groupby(keys)[score_col].max().reset_index()
+    flags = truth.groupby(keys)['true_pair'].any().reset_index()
+    for frame in (best, flags):
+        for key in keys:
+            frame[key] = frame[key].astype(str)
+    merged = flags.merge(best, on=keys, how='left').fillna({score_col: -np.inf})
+    decoys = merged.loc[~merged['true_pair'].astype(bool), score_col].to_numpy()
+    true = merged.loc[merged['true_pair'].astype(bool), score_col].to_numpy()
+    if not true.size:
+        return None
+    return int(max(1 + (decoys > value).sum() for value in true))

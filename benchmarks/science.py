@@ -1,0 +1,116 @@
+"""How well STAGED learns, against the simple methods a user tries first.
+
+Every dataset of the ground-truth suite (``torch_staged.datasets``) x
+{STAGED with the package's defaults, ``no_signalling``, ``no_attention``,
+persistence, linear extrapolation, ridge, lasso, GENIE3-style forest,
+correlation} x seeds. Writes one JSON list of records (``dataset, model,
+seed, heldout_mse, persistence_mse, rollout_r2, intra_auroc, intra_auprc,
+intra_sign_accuracy, inter_auroc, inter_auprc, true_pair_rank,
+fit_seconds``; ``null`` where a figure does not apply) and prints a table of
+means +- sd over the seeds.
+
+    python benchmarks/science.py --json results/science.json        # full
+    python benchmarks/science.py --quick --json /tmp/science.json   # smoke test
+"""
+import argparse
+import json
+import math
+import os
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from torch_staged._benchmark import (
+    DATASETS,
+    FIELDS,
+    STAGED_MODELS,
+    make_task,
+    run_baseline,
+    run_staged,
+)
+from torch_staged.baselines import BASELINES
+
+MODELS = list(STAGED_MODELS) + list(BASELINES)
+SHOWN = [('heldout_mse', 'held-out MSE', '{:.4f}'), ('persistence_mse', 'persist. MSE', '{:.4f}'),
+         ('rollout_r2', 'rollout R2', '{:.3f}'), ('intra_auroc', 'GRN AUROC', '{:.3f}'),
+         ('intra_sign_accuracy', 'GRN sign acc.', '{:.2f}'),
+         ('inter_auroc', 'L-R AUROC', '{:.3f}'), ('true_pair_rank', 'true pair rank', '{:.1f}'),
+         ('fit_seconds', 'fit s', '{:.1f}')]
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--datasets', nargs='+', default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument('--models', nargs='+', default=MODELS, choices=MODELS)
+    parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    parser.add_argument('--epochs', type=int, default=None,
+                        help='override fit() epochs for the STAGED models '
+                             '(default: the package default)')
+    parser.add_argument('--threads', type=int, default=1, help='torch threads')
+    parser.add_argument('--quick', action='store_true',
+                        help='tiny datasets, one seed, 2 STAGED epochs (smoke test)')
+    parser.add_argument('--json', default=None, help='write the records here')
+    return parser.parse_args(argv)
+
+
+def summarise(records: List[Dict]) -> str:
+    """Mean +- sd over the seeds, one row per (dataset, model)."""
+    head = f"{'dataset':<22}{'model':<21}" + ''.join(f'{name:>16}' for _, name, _ in SHOWN)
+    lines = [head, '-' * len(head)]
+    keys = dict.fromkeys((r['dataset'], r['model']) for r in records)
+    for dataset, model in keys:
+        rows = [r for r in records if r['dataset'] == dataset and r['model'] == model]
+        cells = []
+        for field, _, fmt in SHOWN:
+            values = [r[field] for r in rows if r.get(field) is not None]
+            if not values:
+                cells.append(f"{'-':>16}")
+                continue
+            text = fmt.format(np.mean(values))
+            if len(values) > 1:
+                text += ' ± ' + fmt.format(np.std(values, ddof=1))
+            cells.append(f'{text:>16}')
+        lines.append(f'{dataset:<22}{model:<21}' + ''.join(cells))
+    return '\n'.join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    epochs = 2 if args.quick and args.epochs is None else args.epochs
+    fit_kwargs = {} if epochs is None else {'epochs': epochs}
+    records: List[Dict] = []
+    tic = time.perf_counter()
+    for dataset in args.datasets:
+        for seed in seeds:
+            task = make_task(dataset, seed, quick=args.quick)
+            for model in args.models:
+                if model in STAGED_MODELS:
+                    record = run_staged(task, model, seed, **fit_kwargs)
+                else:
+                    record = run_baseline(task, model, seed, quick=args.quick)
+                records.append(record)
+                print(f'[{time.perf_counter() - tic:7.1f} s] {dataset} seed {seed} {model}: '
+                      + ', '.join(f'{k}={record[k]:.4g}' for k in FIELDS[3:]
+                                  if isinstance(record.get(k), (int, float))
+                                  and math.isfinite(record[k])), flush=True)
+                if args.json:  # written after every record: a killed run keeps its rows
+                    _write(args.json, records)
+    print(summarise(records))
+    print(f'total {time.perf_counter() - tic:.1f} s')
+    return records
+
+
+def _write(path: str, records: List[Dict]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + '.tmp', 'w') as f:
+        json.dump(records, f, indent=1)
+    os.replace(path + '.tmp', path)
+
+
+if __name__ == '__main__':
+    main()
