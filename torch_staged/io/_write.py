@@ -56,6 +56,65 @@ def _row_lookup(adata, traj: Trajectories):
     return cell.astype(np.int64), time.astype(np.int64), valid
 
 
+def _row_graph(links, cell: np.ndarray, time: np.ndarray, rows: np.ndarray,
+               num_rows: int, num_cells: int) -> sparse.csr_matrix:
+    r"""The row x row signalling graph: at every time :math:`k`, the cell graph
+    :math:`S_k` ``[N, N]`` pulled back to the rows observed at :math:`k`,
+    :math:`P_k S_k P_k^\top` with :math:`P_k` ``[n_obs, N]`` the one-hot map
+    of each row to its cell (long format) or matched anchor (snapshots).
+    """
+    out = sparse.csr_matrix((num_rows, num_rows), dtype=np.float64)
+    for k, link in enumerate(links):
+        here = rows[time[rows] == k]
+        if link is None or here.size == 0:
+            continue
+        src, dst, value = link
+        P = sparse.csr_matrix((np.ones(here.size), (here, cell[here])),
+                              shape=(num_rows, num_cells))
+        S = sparse.csr_matrix((value, (src, dst)), shape=(num_cells, num_cells))
+        out = out + P @ S @ P.T
+    out = out.tocsr().astype(np.float32)
+    out.sum_duplicates()
+    return out
+
+
+def _snapshot_lookup(adata, traj: Trajectories):
+    """For every row of a snapshot AnnData (rows named in ``traj.matches``), its
+    anchor cell (input order) and time index; -1 when the row is not matched.
+    """
+    table = traj.matches.reindex(adata.obs_names)
+    known = table['anchor'].notna().to_numpy() & (table['anchor'].fillna(-1) >= 0
+                                                  ).to_numpy()
+    cell = np.full(adata.n_obs, -1, dtype=np.int64)
+    if known.any():
+        anchor = table.loc[known, 'anchor_cell'].to_numpy()
+        if traj.library_key is not None and 'anchor_library' in table.columns:
+            values = np.empty(anchor.size, dtype=object)
+            values[:] = list(zip(table.loc[known, 'anchor_library'].tolist(),
+                                 anchor.tolist()))
+        else:
+            values = anchor
+        cell[known] = cell_positions(traj.cell_ids, values)
+    t = traj.t.detach().cpu().double().numpy()
+    row_t = table['time'].to_numpy(dtype=np.float64)
+    nearest = np.clip(np.searchsorted(t, np.nan_to_num(row_t)), 0, t.size - 1)
+    lower = np.clip(nearest - 1, 0, t.size - 1)
+    nearest = np.where(np.abs(t[lower] - row_t) < np.abs(t[nearest] - row_t),
+                       lower, nearest)
+    tol = 1e-5 * max(float(np.abs(t).max()), 1.0)
+    time = np.where(np.abs(t[nearest] - row_t) <= tol, nearest, -1)
+    valid = known & (cell >= 0) & (time >= 0)
+    return cell, time.astype(np.int64), valid
+
+
+def _is_snapshot(adata, traj: Trajectories) -> bool:
+    """Whether :obj:`adata` holds the snapshot rows that ``traj`` was inferred
+    from (rather than the long-format trajectories themselves).
+    """
+    return traj.matches is not None and bool(
+        adata.obs_names.isin(traj.matches.index).any())
+
+
 def _scatter_pairs(score: Tensor, cell: Tensor, lr: Tensor, num_cells: int,
                    num_pairs: int) -> Tensor:
     out = score.new_zeros(num_cells * num_pairs)
@@ -97,6 +156,18 @@ def write_results(
       ``uns[key]['lr_pairs']``: the :math:`L` pairs in obsm column order;
       ``uns[key]['params']``: the method, the keys, times, genes, cell types,
       the model's repr and its config (a JSON string).
+
+    **Snapshots.** When :obj:`trajectories` were read from the output of
+    :func:`~torch_staged.trajectory.infer_trajectories` and :obj:`adata` is the
+    snapshot data it was inferred from (its ``obs_names`` are in
+    :attr:`Trajectories.matches`), every input row (every cell of every
+    section at every time) gets the results of the anchor cell it was matched
+    to, at its own time: its prediction, its incoming / outgoing signalling,
+    and in ``obsp`` the links between rows whose anchors are neighbours (the
+    anchors' graph pulled back to the rows of each time). The user's
+    ``obs_names`` and all other slots are kept, and ``uns[key]['matches']``
+    records which anchor every row was matched to (columns ``time``,
+    ``anchor``, ``anchor_cell``, ``weight``).
 
     The per-edge score :math:`s_e` is the one of
     :func:`~torch_staged.interpret.edge_scores` evaluated at the observed state
@@ -154,7 +225,8 @@ def write_results(
                          f"trajectories are not in adata.var_names, e.g. "
                          f"{absent[:10]}. Write into the AnnData the trajectories "
                          f"were read from")
-    cell, time, valid = _row_lookup(adata, traj)
+    snapshot = _is_snapshot(adata, traj)
+    cell, time, valid = (_snapshot_lookup if snapshot else _row_lookup)(adata, traj)
     if not valid.any():
         raise ValueError(
             f"No row of adata matches a (cell, time) of the trajectories (columns "
@@ -211,25 +283,7 @@ def write_results(
         block = np.full((adata.n_obs, L), np.nan, dtype=np.float32)
         block[rows] = value[time[rows], cell[rows]]
         obsm[name] = pd.DataFrame(block, index=adata.obs_names.copy(), columns=columns)
-    row_of = np.full((T, N), -1, dtype=np.int64)
-    row_of[time[rows], cell[rows]] = rows
-    senders, receivers, strengths = [], [], []
-    for k, link in enumerate(links):
-        if link is None:
-            continue
-        src, dst, value = link
-        i, j = row_of[k, src], row_of[k, dst]
-        keep = (i >= 0) & (j >= 0)
-        senders.append(i[keep])
-        receivers.append(j[keep])
-        strengths.append(value[keep])
-    def cat(parts, dt):
-        return np.concatenate(parts) if parts else np.zeros(0, dt)
-
-    signalling = sparse.coo_matrix(
-        (cat(strengths, np.float64), (cat(senders, np.int64), cat(receivers, np.int64))),
-        shape=(adata.n_obs, adata.n_obs)).tocsr().astype(np.float32)
-    signalling.sum_duplicates()
+    signalling = _row_graph(links, cell, time, rows, adata.n_obs, N)
 
     params: Dict = {
         'method': method,
@@ -255,6 +309,8 @@ def write_results(
                              'receptor': [b for _, b in pairs],
                              'interaction': columns})
 
+    match_table = traj.matches.reindex(adata.obs_names).copy() if snapshot else None
+
     # ---- write (last, so that errors leave adata untouched) --------------------------
     out = adata if inplace else adata.copy()
     out.layers[Key.layers.pred(key_added)] = layer
@@ -267,4 +323,6 @@ def write_results(
         Key.uns.lr_pairs: lr_frame,
         Key.uns.params: params,
     }
+    if snapshot:
+        out.uns[key_added][Key.uns.matches] = match_table
     return None if inplace else out

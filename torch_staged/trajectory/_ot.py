@@ -1,7 +1,7 @@
 """Trajectories from spatial snapshots by optimal transport."""
 import math
 import numbers
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,7 @@ from torch_staged.io._validate import (
     expression_matrix,
     numeric_times,
 )
+from torch_staged.trajectory._align import TRANSFORMS, align_all
 
 BATCH_SPLITS = ('auto', 'spatial', 'expression', 'random')
 
@@ -100,6 +101,58 @@ def _couple(cost: np.ndarray, reg: float, max_iter: int) -> np.ndarray:
                        numItermax=max_iter, stopThr=1e-6, warn=False)
 
 
+def _sections(adata, library_key: Optional[str], time: np.ndarray,
+              times: np.ndarray):
+    """Section codes per row ``[n]``, the time index of every section ``[B]``,
+    section labels and the per-row library values. A section is a (library,
+    time) pair; without a library key, every time is one section.
+    """
+    if library_key is None:
+        libs = np.full(time.size, '', dtype=object)
+        codes = time.astype(np.int64)
+        names = [f't={t:g}' for t in times]
+        return codes, np.arange(times.size), names, libs
+    column = check_obs_key(adata, library_key, 'library_key', 'section (library) ids')
+    libs = column.to_numpy()
+    lib_codes, lib_names = pd.factorize(libs, sort=True)
+    key = lib_codes.astype(np.int64) * times.size + time
+    unique, codes = np.unique(key, return_inverse=True)
+    spans = np.bincount(unique // times.size, minlength=len(lib_names))
+    names = [str(lib_names[u // times.size]) if spans[u // times.size] == 1
+             else f'{lib_names[u // times.size]} (t={times[u % times.size]:g})'
+             for u in unique]
+    return codes.reshape(-1).astype(np.int64), unique % times.size, names, libs
+
+
+def _mean_sq_nn(pos: np.ndarray, section: np.ndarray) -> float:
+    """Mean squared distance to the nearest other cell of the same section."""
+    from scipy.spatial import cKDTree
+    values = []
+    for b in np.unique(section):
+        here = pos[section == b]
+        if here.shape[0] > 1:
+            values.append(cKDTree(here).query(here, k=2)[0][:, 1] ** 2)
+    value = float(np.concatenate(values).mean()) if values else 1.0
+    return value if value > 0 else 1.0
+
+
+def alignment_table(records: List[Dict], times: np.ndarray) -> pd.DataFrame:
+    """One row per section: time, reference, the map ``x -> A x + c`` (flat
+    columns ``A00, A01, .., c0, ..``), mirrored, costs.
+    """
+    rows = []
+    for rec in records:
+        row = dict(section=rec['section'], time=float(times[rec['time_index']]),
+                   reference=rec['reference'], mirrored=rec['mirrored'],
+                   fgw=float(rec['fgw']), cost=float(rec['cost']))
+        A, c = np.asarray(rec['A']), np.asarray(rec['c'])
+        row.update({f'A{i}{j}': float(A[i, j]) for i in range(A.shape[0])
+                    for j in range(A.shape[1])})
+        row.update({f'c{i}': float(c[i]) for i in range(c.size)})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index('section')
+
+
 def infer_trajectories(
     adata,
     time_key: str = Key.obs.time,
@@ -107,9 +160,13 @@ def infer_trajectories(
     cell_key: Optional[str] = None,
     type_key: Optional[str] = Key.obs.cell_type,
     spatial_key: str = Key.obsm.spatial,
+    library_key: Optional[str] = None,
+    align: Optional[str] = None,
+    structure_weight: float = 0.5,
+    align_samples: int = 300,
     layer: Optional[str] = None,
     genes: Optional[Sequence[str]] = None,
-    alpha_spatial: float = 0.0,
+    alpha_spatial: Union[float, str, None] = None,
     reg: float = 0.05,
     standardize: bool = True,
     n_components: Optional[int] = None,
@@ -154,6 +211,30 @@ def infer_trajectories(
     the features (``'expression'``) or random (``'random'``); ``'auto'`` is
     ``'spatial'`` when :obj:`alpha_spatial` > 0, else ``'expression'``.
 
+    **Sections** (``library_key``; a real time course has other sections, in
+    other coordinate frames, at every time, often several per time): every
+    section of the first time contributes its cells as anchors, which keep
+    their section (``obs[library_key]`` of the output) and their own
+    coordinates, so that :func:`torch_staged.io.read_trajectories` with the
+    same ``library_key`` builds one block-diagonal graph. The cells of all
+    sections of a time are pooled for the coupling. With :obj:`align`
+    (``'rigid'``: rotation, mirroring and shift; ``'affine'``), every section is
+    first mapped into one frame by
+    :func:`~torch_staged.trajectory.align_sections` (fused Gromov-Wasserstein
+    on subsamples, then Procrustes), and the spatial term of the cost uses
+    these aligned positions; ``alpha_spatial='auto'`` (the default with
+    :obj:`align`) is :math:`1 / h^2`, :math:`h^2` the mean squared
+    nearest-neighbour distance of the anchors, so the spatial term is about 1
+    one cell away.
+
+    **Matching.** Every observed row gets the anchor it is matched to: the
+    largest entry :math:`\arg\max_a \pi_{aj}` of its column of the coupling
+    (anchors to themselves), with weight :math:`\max_a \pi_{aj} / \sum_a
+    \pi_{aj}`. This table (``uns['staged_trajectories']['matches']``, indexed
+    by the input's ``obs_names``) is what lets
+    :func:`torch_staged.io.write_results` write predictions onto every input
+    row.
+
     Args:
         adata (anndata.AnnData): Snapshots in long format: one row per observed
             cell, ``obs[time_key]``, ``obsm[spatial_key]``. Never modified.
@@ -166,10 +247,22 @@ def infer_trajectories(
             :obj:`None` for untyped cells. (default: :obj:`'cell_type'`)
         spatial_key (str, optional): ``obsm`` key of the positions.
             (default: :obj:`'spatial'`)
+        library_key (str, optional): ``obs`` column of the section (sample,
+            library) of every row. (default: :obj:`None`: one section per time)
+        align (str, optional): ``'rigid'`` or ``'affine'`` alignment of the
+            sections before matching, or :obj:`None` (all sections share one
+            frame). (default: :obj:`None`)
+        structure_weight (float, optional): Weight :math:`\beta \in [0, 1)` of
+            the spatial-structure term of the fused Gromov-Wasserstein
+            alignment. (default: :obj:`0.5`)
+        align_samples (int, optional): Cells per section in the alignment's
+            couplings (memory :math:`O(\text{align\_samples}^2)`).
+            (default: :obj:`300`)
         layer (str, optional): Read ``layers[layer]`` instead of ``X``.
         genes (list of str, optional): Gene panel (subset of ``var_names``).
-        alpha_spatial (float, optional): Weight :math:`\alpha` of the squared
-            spatial distance. (default: :obj:`0.0`)
+        alpha_spatial (float or str, optional): Weight :math:`\alpha` of the
+            squared spatial distance, or ``'auto'`` (see above).
+            (default: :obj:`None`: ``'auto'`` with :obj:`align`, else ``0``)
         reg (float, optional): Entropic regularisation; ``0`` for exact EMD.
             (default: :obj:`0.05`)
         standardize (bool, optional): Standardise genes before the cost.
@@ -191,9 +284,13 @@ def infer_trajectories(
         A new :class:`anndata.AnnData` with one row per (anchor, time), rows
         sorted by time then anchor: ``X`` (float32) the inferred expression of
         the panel, ``obs[cell_key or 'cell_id']``, ``obs[time_key]``,
-        ``obs[type_key or 'cell_type']``, ``obsm['spatial']``, and
-        ``uns['staged_trajectories']`` with the parameters and the mean
-        transport cost of each step. It goes straight into
+        ``obs[type_key or 'cell_type']`` (and ``obs[library_key]``),
+        ``obsm['spatial']`` (each anchor's own coordinates),
+        ``obsm['spatial_aligned']`` (in the common frame) and
+        ``uns['staged_trajectories']`` with the parameters, the mean transport
+        cost of each step, the ``matches`` table and, with :obj:`align`, the
+        ``alignment`` table (one row per section: its reference, the map
+        :math:`x \mapsto A x + c`, whether it is mirrored, the costs). It goes straight into
         :func:`torch_staged.io.read_trajectories`.
 
     Example:
@@ -214,7 +311,20 @@ def infer_trajectories(
     pos = check_spatial(adata, spatial_key)
     matrix = expression_matrix(adata, layer)
     panel, columns = check_gene_panel(adata, genes)
-    alpha_spatial = _check_number(alpha_spatial, 'alpha_spatial', 0.0)
+    if align is not None and align not in TRANSFORMS:
+        raise ValueError(f"'align' must be one of {TRANSFORMS} or None (got {align!r})")
+    if alpha_spatial is None:
+        alpha_spatial = 'auto' if align is not None else 0.0
+    if alpha_spatial != 'auto':
+        alpha_spatial = _check_number(alpha_spatial, 'alpha_spatial', 0.0)
+    structure_weight = _check_number(structure_weight, 'structure_weight', 0.0)
+    if structure_weight >= 1:
+        raise ValueError(f"'structure_weight' must be in [0, 1) (got "
+                         f"{structure_weight!r}): 1 would ignore expression")
+    if isinstance(align_samples, bool) or not isinstance(align_samples, numbers.Integral) \
+            or align_samples < 3:
+        raise ValueError(f"'align_samples' must be an integer >= 3 (got "
+                         f"{align_samples!r})")
     reg = _check_number(reg, 'reg', 0.0)
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) \
             or batch_size < 2:
@@ -232,6 +342,8 @@ def infer_trajectories(
                          f"panel size) or None (got {n_components!r})")
     times, time = np.unique(row_times, return_inverse=True)
     time = time.reshape(-1)
+    section, section_time, section_names, libs = _sections(adata, library_key, time,
+                                                           times)
     if cell_key is not None:
         cell_col = check_obs_key(adata, cell_key, 'cell_key', 'cell ids')
         codes, uniques = pd.factorize(cell_col.astype(str), sort=True)
@@ -263,8 +375,6 @@ def infer_trajectories(
                 f"Cell type(s) {lost} have cells at the first time {times[0]:g} but "
                 f"none at time {times[k]:g}, so their anchors cannot be matched "
                 f"within their type: pass match_types=False, or drop these cells")
-    if batch_split == 'auto':
-        batch_split = 'spatial' if alpha_spatial > 0 else 'expression'
 
     # ---- features ------------------------------------------------------------------
     values = matrix if columns is None else matrix[:, columns]
@@ -274,12 +384,28 @@ def infer_trajectories(
     scale = 2.0 * float(feat.var(axis=0).sum())
     scale = scale if scale > 0 else 1.0
     rng = np.random.default_rng(seed)
+    records = None
+    aligned = pos
+    if align is not None:
+        aligned, records = align_all(
+            pos, feat, np.asarray(labels) if type_key is not None else None, section,
+            section_time, section_names, scale=scale, transform=align,
+            structure_weight=structure_weight, num_samples=int(align_samples),
+            seed=seed)
+    if alpha_spatial == 'auto':
+        alpha_spatial = 1.0 / _mean_sq_nn(aligned[anchors], section[anchors])
+    if batch_split == 'auto':
+        batch_split = 'spatial' if alpha_spatial > 0 else 'expression'
 
     # ---- chain of couplings ----------------------------------------------------------
     num_anchors = anchors.size
     state_x = values[anchors].copy()
     state_z = feat[anchors].copy()
-    anchor_pos = pos[anchors]
+    anchor_pos = aligned[anchors]
+    match_anchor = np.full(adata.n_obs, -1, dtype=np.int64)
+    match_weight = np.zeros(adata.n_obs)
+    match_anchor[anchors] = np.arange(anchors.size)
+    match_weight[anchors] = 1.0
     out_x = np.empty((times.size, num_anchors, len(panel)))
     out_x[0] = state_x
     step_cost = np.zeros(times.size - 1)
@@ -303,7 +429,7 @@ def infer_trajectories(
                 cost = ((za * za).sum(1)[:, None] + (zb * zb).sum(1)[None, :]
                         - 2.0 * za @ zb.T) / scale
                 if alpha_spatial > 0:
-                    pa, pb = anchor_pos[a_idx], pos[b_idx]
+                    pa, pb = anchor_pos[a_idx], aligned[b_idx]
                     cost = cost + alpha_spatial * (
                         (pa * pa).sum(1)[:, None] + (pb * pb).sum(1)[None, :]
                         - 2.0 * pa @ pb.T)
@@ -317,6 +443,11 @@ def infer_trajectories(
                         f"{times[k]:g} (degenerate coupling): increase 'reg', or use "
                         f"reg=0 for exact transport")
                 weights = plan / mass
+                column = plan.sum(axis=0)
+                best = plan.argmax(axis=0)
+                match_anchor[b_idx] = a_idx[best]
+                match_weight[b_idx] = plan[best, np.arange(b_idx.size)] / np.where(
+                    column > 0, column, 1.0)
                 new_x[a_idx] = weights @ values[b_idx]
                 new_z[a_idx] = weights @ feat[b_idx]
                 total += float((plan * cost).sum()) * a_idx.size
@@ -329,24 +460,43 @@ def infer_trajectories(
     anchor_ids = ids[anchors]
     out_cell_key = cell_key or Key.obs.cell
     out_type_key = type_key or Key.obs.cell_type
-    obs = pd.DataFrame({
-        out_cell_key: np.tile(anchor_ids, T),
-        time_key: np.repeat(times, num_anchors),
-        out_type_key: pd.Categorical(np.tile(np.asarray(labels)[anchors], T),
-                                     categories=categories),
-    }, index=[f'{c}_t{k}' for k in range(T) for c in anchor_ids])
+    anchor_labels = np.asarray(labels)[anchors]
+    obs = {out_cell_key: np.tile(anchor_ids, T),
+           time_key: np.repeat(times, num_anchors)}
+    names = [str(c) for c in anchor_ids]
+    if library_key is not None:
+        obs[library_key] = np.tile(libs[anchors], T)
+        names = [f'{b}_{c}' for b, c in zip(libs[anchors], anchor_ids)]
+    obs[out_type_key] = pd.Categorical(
+        np.tile(anchor_labels, T),
+        categories=[c for c in categories if c in set(anchor_labels.tolist())])
+    obs = pd.DataFrame(obs, index=[f'{c}_t{k}' for k in range(T) for c in names])
     var = adata.var.iloc[columns].copy() if columns is not None else adata.var.copy()
+    matches = pd.DataFrame({
+        'time': times[time],
+        'anchor': match_anchor,
+        'anchor_cell': ids[anchors][match_anchor],
+        'weight': match_weight,
+    }, index=adata.obs_names.copy())
+    if library_key is not None:
+        matches['anchor_library'] = libs[anchors][match_anchor]
     params: Dict = dict(
         time_key=time_key, cell_key=out_cell_key, type_key=out_type_key,
-        spatial_key=spatial_key, layer=layer or '', alpha_spatial=alpha_spatial,
+        spatial_key=spatial_key, layer=layer or '', library_key=library_key or '',
+        align=align or '', structure_weight=structure_weight,
+        alpha_spatial=alpha_spatial,
         reg=reg, solver='emd' if reg == 0 else 'sinkhorn_log',
         standardize=bool(standardize), n_components=int(n_components or 0),
         match_types=bool(match_types), batch_size=int(batch_size),
         batch_split=batch_split, anchor_time=float(times[0]),
         num_anchors=int(num_anchors), cost_scale=scale,
         largest_coupling=int(largest), transport_cost=step_cost, seed=int(seed))
+    params[Key.uns.matches] = matches
+    if records is not None:
+        params[Key.uns.alignment] = alignment_table(records, times)
     return ad.AnnData(
         X=out_x.reshape(T * num_anchors, len(panel)).astype(np.float32),
         obs=obs, var=var,
-        obsm={Key.obsm.spatial: np.tile(anchor_pos, (T, 1))},
+        obsm={Key.obsm.spatial: np.tile(pos[anchors], (T, 1)),
+              Key.obsm.aligned: np.tile(anchor_pos, (T, 1))},
         uns={Key.uns.trajectory: params})
