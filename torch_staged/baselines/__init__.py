@@ -4,11 +4,12 @@ interaction scores from finite-difference derivatives (:class:`Ridge`,
 :class:`Lasso`, the GENIE3-style :class:`Forest`, :class:`Correlation`),
 returning the tables of :func:`~torch_staged.interpret.interaction_tables`.
 
-Example:
-    >>> from torch_staged.baselines import Ridge
-    >>> ridge = Ridge().fit(data, X, t)          # X [T, N, G], graph cell order
-    >>> intra, inter = ridge.interaction_tables()
-    >>> pred = ridge.forecast(X[:10], t[:10], t[10:])
+Example::
+
+    from torch_staged.baselines import Ridge
+    ridge = Ridge().fit(data, X, t)          # X [T, N, G], graph cell order
+    intra, inter = ridge.interaction_tables()
+    pred = ridge.forecast(X[:10], t[:10], t[10:])
 """
 from torch_staged.baselines._estimators import (
     Baseline,

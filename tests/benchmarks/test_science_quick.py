@@ -1,0 +1,42 @@
+"""benchmarks/science.py --quick runs every dataset and model end to end."""
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+BENCH = os.path.join(os.path.dirname(__file__), '..', '..', 'benchmarks')
+
+
+def _load(name):
+    sys.path.insert(0, os.path.abspath(BENCH))
+    spec = importlib.util.spec_from_file_location(f'bench_{name}',
+                                                  os.path.join(BENCH, f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_science_quick(tmp_path, capsys):
+    science = _load('science')
+    out = tmp_path / 'science.json'
+    records = science.main(['--quick', '--json', str(out)])
+    assert json.loads(out.read_text()) == records
+    datasets = {r['dataset'] for r in records}
+    assert datasets == set(science.DATASETS) and len(records) == 4 * len(science.MODELS)
+    for r in records:
+        assert set(science.FIELDS) <= set(r), r
+        assert r['persistence_mse'] > 0 and r['fit_seconds'] >= 0
+    by = {(r['dataset'], r['model']): r for r in records}
+    for dataset in datasets:
+        per = by[(dataset, 'persistence')]
+        assert per['heldout_mse'] == pytest.approx(per['persistence_mse'])
+        assert by[(dataset, 'staged')]['intra_auroc'] is not None
+        assert by[(dataset, 'forest')]['intra_sign_accuracy'] is None
+    assert by[('krumsiek11', 'ridge')]['inter_auroc'] is None  # no L-R pairs
+    assert by[('lateral_inhibition', 'ridge')]['true_pair_rank'] in range(1, 8)
+    assert by[('lateral_inhibition', 'no_signalling')]['inter_auroc'] is None
+    table = capsys.readouterr().out
+    assert 'krumsiek11_half_false' in table and 'GRN AUROC' in table
