@@ -23,7 +23,8 @@ A = np.array([[-0.5, 0.0, 0.0, 0.0],
               [0.0, 0.0, -0.6, -0.4]])
 
 
-def _linear_tissue(num_cells=60, seed=0, times=np.linspace(0, 2, 21)):
+def _linear_tissue(num_cells=60, seed=0):
+    times = np.linspace(0, 2, 21)
     rng = np.random.default_rng(seed)
     pos = rng.uniform(0, 8, (num_cells, 2))
     data = build_tissue_graph(pos, np.zeros(num_cells, dtype=int), GENES, k=4,
