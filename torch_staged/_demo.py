@@ -69,6 +69,7 @@ def run_demo(out: str, *, epochs: int = 30, holdout: int = 4, seed: int = 0,
             rollout = model(data, t, X[0])
         rec = dict(heldout_r2=r2_score(pred, X[last + 1:]),
                    heldout_mse=float(((pred - X[last + 1:]) ** 2).mean()),
+                   persistence_mse=float(((X[last] - X[last + 1:]) ** 2).mean()),
                    rollout_r2=r2_score(rollout[1:], X[1:]),
                    spearman=float(spearman_per_gene(rollout, X).mean()))
         scores = {m: edge_scores(model, data, method=m) for m in ('jacobian', 'attention')}
@@ -80,6 +81,7 @@ def run_demo(out: str, *, epochs: int = 30, holdout: int = 4, seed: int = 0,
         metrics[name] = rec
         fitted[name], histories[name] = (model, scores['jacobian']), result.history
         heldout_pred[name] = rollout
+    metrics['baselines'] = _baselines(data, X, t, holdout, truth, seed)
     metrics['seconds'] = time.perf_counter() - tic
     metrics['data'] = dict(cells=data.num_cells, genes=data.num_genes,
                            cell_types=data.num_cell_types, lr_pairs=len(data.lr_pairs),
@@ -88,6 +90,16 @@ def run_demo(out: str, *, epochs: int = 30, holdout: int = 4, seed: int = 0,
         json.dump(metrics, f, indent=1)
     _figures(out, data, X, t, last, truth, fitted, histories, heldout_pred)
     return metrics
+
+
+def _baselines(data, X, t, holdout, truth, seed) -> Dict[str, dict]:
+    """The simple methods of :mod:`torch_staged.baselines` on the same split,
+    scored as in ``benchmarks/science.py``.
+    """
+    from torch_staged._benchmark import Task, run_baseline
+    from torch_staged.baselines import BASELINES
+    task = Task('staged_sim', data, X, t, holdout, truth)
+    return {name: run_baseline(task, name, seed) for name in BASELINES}
 
 
 def _figures(out, data, X, t, last, truth, fitted, histories, predictions):
@@ -138,5 +150,11 @@ def summary_table(metrics: dict) -> str:
             v = rec.get(c)
             cells.append(f'{v:>22.4f}' if isinstance(v, float) else f'{"-":>22}')
         lines.append(f'{name:<15}' + ''.join(cells))
+    base_cols = ['heldout_mse', 'persistence_mse', 'intra_auroc', 'inter_auroc']
+    lines.append(f"{'baseline':<22}" + ''.join(f'{c:>18}' for c in base_cols))
+    for name, rec in metrics.get('baselines', {}).items():
+        cells = [f'{rec[c]:>18.4f}' if isinstance(rec.get(c), float) else f'{"-":>18}'
+                 for c in base_cols]
+        lines.append(f'{name:<22}' + ''.join(cells))
     lines.append(f"total {metrics['seconds']:.1f} s")
     return '\n'.join(lines)

@@ -45,5 +45,11 @@ def test_demo_command_writes_metrics_and_figures(tmp_path):
             assert key in metrics[name]
     assert metrics['no_signalling']['inter_auroc'] is None
     assert metrics['seconds'] > 0
+    base = metrics['baselines']
+    assert set(base) == {'persistence', 'linear_extrapolation', 'ridge', 'lasso', 'forest',
+                         'correlation'}
+    assert base['persistence']['heldout_mse'] == pytest.approx(
+        metrics['staged']['persistence_mse'], rel=1e-5)
+    assert 0.0 <= base['ridge']['intra_auroc'] <= 1.0
     for png in ('loss_curves', 'trajectories', 'interactions', 'spatial_signalling'):
         assert (out / f'{png}.png').stat().st_size > 1000
