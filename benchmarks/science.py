@@ -15,8 +15,10 @@ means +- sd over the seeds.
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -49,7 +51,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--epochs', type=int, default=None,
                         help='override fit() epochs for the STAGED models '
                              '(default: the package default)')
-    parser.add_argument('--threads', type=int, default=1, help='torch threads')
+    parser.add_argument('--threads', type=int, default=1, help='torch threads per job')
+    parser.add_argument('--jobs', type=int, default=1,
+                        help='(dataset, seed) jobs run in parallel processes')
     parser.add_argument('--quick', action='store_true',
                         help='tiny datasets, one seed, 2 STAGED epochs (smoke test)')
     parser.add_argument('--json', default=None, help='write the records here')
@@ -77,32 +81,57 @@ def summarise(records: List[Dict]) -> str:
     return '\n'.join(lines)
 
 
+def run_job(dataset: str, seed: int, models: Sequence[str], quick: bool,
+            fit_kwargs: Dict, threads: int) -> List[Dict]:
+    """Every model on one (dataset, seed)."""
+    torch.set_num_threads(threads)
+    task = make_task(dataset, seed, quick=quick)
+    records = []
+    for model in models:
+        tic = time.perf_counter()
+        if model in STAGED_MODELS:
+            record = run_staged(task, model, seed, **fit_kwargs)
+        else:
+            record = run_baseline(task, model, seed, quick=quick)
+        records.append(record)
+        print(f'{dataset} seed {seed} {model} ({time.perf_counter() - tic:.1f} s): '
+              + ', '.join(f'{k}={record[k]:.4g}' for k in FIELDS[3:]
+                          if isinstance(record.get(k), (int, float))
+                          and math.isfinite(record[k])), flush=True)
+    return records
+
+
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
     seeds = args.seeds[:1] if args.quick else args.seeds
     epochs = 2 if args.quick and args.epochs is None else args.epochs
     fit_kwargs = {} if epochs is None else {'epochs': epochs}
-    records: List[Dict] = []
+    jobs = [(dataset, seed, args.models, args.quick, fit_kwargs, args.threads)
+            for dataset in args.datasets for seed in seeds]
     tic = time.perf_counter()
-    for dataset in args.datasets:
-        for seed in seeds:
-            task = make_task(dataset, seed, quick=args.quick)
-            for model in args.models:
-                if model in STAGED_MODELS:
-                    record = run_staged(task, model, seed, **fit_kwargs)
-                else:
-                    record = run_baseline(task, model, seed, quick=args.quick)
-                records.append(record)
-                print(f'[{time.perf_counter() - tic:7.1f} s] {dataset} seed {seed} {model}: '
-                      + ', '.join(f'{k}={record[k]:.4g}' for k in FIELDS[3:]
-                                  if isinstance(record.get(k), (int, float))
-                                  and math.isfinite(record[k])), flush=True)
-                if args.json:  # written after every record: a killed run keeps its rows
-                    _write(args.json, records)
+    records: List[Dict] = []
+    if args.jobs > 1:
+        context = multiprocessing.get_context('spawn')
+        with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+            futures = [pool.submit(run_job, *job) for job in jobs]
+            for future in as_completed(futures):
+                records += future.result()
+                if args.json:  # written as jobs finish: a killed run keeps its rows
+                    _write(args.json, _ordered(records, args))
+    else:
+        for job in jobs:
+            records += run_job(*job)
+            if args.json:
+                _write(args.json, _ordered(records, args))
+    records = _ordered(records, args)
     print(summarise(records))
-    print(f'total {time.perf_counter() - tic:.1f} s')
+    print(f'total {time.perf_counter() - tic:.1f} s wall')
     return records
+
+
+def _ordered(records: List[Dict], args) -> List[Dict]:
+    return sorted(records, key=lambda r: (args.datasets.index(r['dataset']), r['seed'],
+                                          args.models.index(r['model'])))
 
 
 def _write(path: str, records: List[Dict]) -> None:
