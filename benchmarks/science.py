@@ -57,27 +57,37 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--quick', action='store_true',
                         help='tiny datasets, one seed, 2 STAGED epochs (smoke test)')
     parser.add_argument('--json', default=None, help='write the records here')
+    parser.add_argument('--summarise', default=None, metavar='JSON',
+                        help='only print the tables of an earlier run\'s records')
+    parser.add_argument('--markdown', action='store_true',
+                        help='print the summary as a Markdown table')
     return parser.parse_args(argv)
 
 
-def summarise(records: List[Dict]) -> str:
-    """Mean +- sd over the seeds, one row per (dataset, model)."""
-    head = f"{'dataset':<22}{'model':<21}" + ''.join(f'{name:>16}' for _, name, _ in SHOWN)
-    lines = [head, '-' * len(head)]
+def _cell(rows: List[Dict], field: str, fmt: str) -> str:
+    values = [r[field] for r in rows if r.get(field) is not None]
+    if not values:
+        return '-'
+    text = fmt.format(np.mean(values))
+    if len(values) > 1:
+        text += ' ± ' + fmt.format(np.std(values, ddof=1))
+    return text
+
+
+def summarise(records: List[Dict], markdown: bool = False) -> str:
+    """Mean ± sd over the seeds (sample sd), one row per (dataset, model)."""
     keys = dict.fromkeys((r['dataset'], r['model']) for r in records)
+    table = []
     for dataset, model in keys:
         rows = [r for r in records if r['dataset'] == dataset and r['model'] == model]
-        cells = []
-        for field, _, fmt in SHOWN:
-            values = [r[field] for r in rows if r.get(field) is not None]
-            if not values:
-                cells.append(f"{'-':>16}")
-                continue
-            text = fmt.format(np.mean(values))
-            if len(values) > 1:
-                text += ' ± ' + fmt.format(np.std(values, ddof=1))
-            cells.append(f'{text:>16}')
-        lines.append(f'{dataset:<22}{model:<21}' + ''.join(cells))
+        table.append([dataset, model] + [_cell(rows, f, fmt) for f, _, fmt in SHOWN])
+    names = ['dataset', 'model'] + [name for _, name, _ in SHOWN]
+    if markdown:
+        lines = ['| ' + ' | '.join(names) + ' |', '|' + '---|' * len(names)]
+        return '\n'.join(lines + ['| ' + ' | '.join(row) + ' |' for row in table])
+    head = f'{names[0]:<22}{names[1]:<21}' + ''.join(f'{n:>16}' for n in names[2:])
+    lines = [head, '-' * len(head)]
+    lines += [f'{r[0]:<22}{r[1]:<21}' + ''.join(f'{c:>16}' for c in r[2:]) for r in table]
     return '\n'.join(lines)
 
 
@@ -103,6 +113,11 @@ def run_job(dataset: str, seed: int, models: Sequence[str], quick: bool,
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
     args = parse_args(argv)
+    if args.summarise:
+        with open(args.summarise) as f:
+            records = json.load(f)
+        print(summarise(records, args.markdown))
+        return records
     seeds = args.seeds[:1] if args.quick else args.seeds
     epochs = 2 if args.quick and args.epochs is None else args.epochs
     fit_kwargs = {} if epochs is None else {'epochs': epochs}
@@ -124,7 +139,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
             if args.json:
                 _write(args.json, _ordered(records, args))
     records = _ordered(records, args)
-    print(summarise(records))
+    print(summarise(records, args.markdown))
     print(f'total {time.perf_counter() - tic:.1f} s wall')
     return records
 
