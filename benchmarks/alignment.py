@@ -34,15 +34,16 @@ import time
 import numpy as np
 
 from torch_staged.sim import simulate_tissue
-from torch_staged.trajectory import infer_trajectories
+from torch_staged.trajectory import align_sections, infer_trajectories
 
 
-def transformed_sections(num_cells: int, num_times: int, sections: int, seed: int):
+def transformed_sections(num_cells: int, num_times: int, sections: int, seed: int,
+                         noise: float = 0.05):
     """Simulated snapshots with every (time, section) moved by a random rigid
     transform; returns the moved AnnData, the untransformed one and the truth
     ``[T, N, G]``.
     """
-    adata = simulate_tissue(num_cells, snapshot=True, seed=seed,
+    adata = simulate_tissue(num_cells, snapshot=True, seed=seed, noise=noise,
                             times=np.linspace(0.0, 4.0, num_times))
     rng = np.random.default_rng(1000 + seed)
     pos = np.asarray(adata.obsm['spatial'], dtype=np.float64)
@@ -70,6 +71,18 @@ def transformed_sections(num_cells: int, num_times: int, sections: int, seed: in
     return out, adata, truth
 
 
+def _fixed_alpha(adata) -> float:
+    """``1 / h^2``, h^2 the mean squared nearest-neighbour distance of the
+    first time's cells within their sections (a spatial term of about 1 one
+    cell away)."""
+    from torch_staged.trajectory._ot import _mean_sq_nn
+    t = adata.obs['time'].to_numpy()
+    first = t == t.min()
+    section = adata.obs['section'].to_numpy()[first]
+    codes = np.unique(section, return_inverse=True)[1]
+    return 1.0 / _mean_sq_nn(np.asarray(adata.obsm['spatial'])[first], codes)
+
+
 def rmse(out, truth) -> float:
     """RMSE of the anchors' inferred states at t_1.. against the truth."""
     T = truth.shape[0]
@@ -78,15 +91,44 @@ def rmse(out, truth) -> float:
     return float(np.sqrt(((X[1:] - truth[1:, ids]) ** 2).mean()))
 
 
+def alignment_error(moved, true) -> tuple:
+    """Per section, the RMS distance (in mean nearest-neighbour spacings of the
+    truth) between its aligned positions and its true ones, both in the frame
+    of the reference section: the median over sections and the fraction of
+    sections within 2 spacings.
+    """
+    from scipy.spatial import cKDTree
+
+    from torch_staged.trajectory._align import procrustes
+    out = align_sections(moved, 'section')
+    aligned, pos = out.obsm['spatial_aligned'], np.asarray(true.obsm['spatial'])
+    table = out.uns['staged_alignment']
+    section = moved.obs['section'].to_numpy()
+    ref = section == table.index[0]
+    A, c = procrustes(aligned[ref], pos[ref], np.eye(int(ref.sum())))
+    back = aligned @ A.T + c
+    cells = np.unique(pos, axis=0)  # a cell is observed at several times
+    spacing = cKDTree(cells).query(cells, k=2)[0][:, 1].mean()
+    errors = np.array([np.sqrt(((back[section == name] - pos[section == name]) ** 2
+                                ).sum(1).mean()) / spacing for name in table.index[1:]])
+    return float(np.median(errors)), float((errors < 2.0).mean())
+
+
 METHODS = {
     'expression OT': lambda moved, true: infer_trajectories(
         moved, cell_key='cell_id', library_key='section', alpha_spatial=0.0),
     'current (spatial, one frame)': lambda moved, true: infer_trajectories(
-        moved, cell_key='cell_id', library_key='section', alpha_spatial='auto'),
-    'aligned + fused OT (new)': lambda moved, true: infer_trajectories(
-        moved, cell_key='cell_id', library_key='section', align='rigid'),
-    'oracle frame (bound)': lambda moved, true: infer_trajectories(
-        true, cell_key='cell_id', library_key='section', alpha_spatial='auto'),
+        moved, cell_key='cell_id', library_key='section',
+        alpha_spatial=_fixed_alpha(moved)),
+    'aligned + fused OT, weight 1/h^2': lambda moved, true: infer_trajectories(
+        moved, cell_key='cell_id', library_key='section', align='rigid',
+        alpha_spatial=_fixed_alpha(moved)),
+    'aligned + fused OT, auto weight (new default)': lambda moved, true:
+        infer_trajectories(moved, cell_key='cell_id', library_key='section',
+                           align='rigid'),
+    'true frames, weight 1/h^2 (reference)': lambda moved, true: infer_trajectories(
+        true, cell_key='cell_id', library_key='section',
+        alpha_spatial=_fixed_alpha(true)),
 }
 
 
@@ -97,20 +139,31 @@ def main(argv=None):
     parser.add_argument('--sections', type=int, default=2,
                         help='sections per time point')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    parser.add_argument('--noise', type=float, default=0.05,
+                        help="the simulator's measurement noise")
     args = parser.parse_args(argv)
     scores = {name: [] for name in METHODS}
+    align_err, mirror_ok, info = [], [], []
     seconds = {name: 0.0 for name in METHODS}
     for seed in args.seeds:
         moved, true, truth = transformed_sections(args.cells, args.times,
-                                                  args.sections, seed)
+                                                  args.sections, seed, args.noise)
+        error, flips = alignment_error(moved, true)
+        align_err.append(error)
+        mirror_ok.append(flips)
         for name, method in METHODS.items():
             tic = time.perf_counter()
             out = method(moved, true)
             seconds[name] += time.perf_counter() - tic
             scores[name].append(rmse(out, truth))
+            if name.endswith('(new default)'):
+                info.append(out.uns['staged_trajectories']['spatial_information'])
     print(f'{args.cells} cells, {args.times} times, {args.sections} section(s) per '
-          f'time, random rotation + mirroring + shift per section, seeds '
-          f'{args.seeds}\n')
+          f'time, noise {args.noise}, random rotation + mirroring + shift per '
+          f'section, seeds {args.seeds}')
+    print(f'alignment: median error {np.mean(align_err):.2f} cell spacings, '
+          f'{100 * np.mean(mirror_ok):.0f}% of sections within 2 spacings; spatial '
+          f'information r = {np.mean(info):.3f}\n')
     print('| method | trajectory RMSE (mean ± sd) | per seed | seconds per run |')
     print('|---|---|---|---|')
     for name in METHODS:

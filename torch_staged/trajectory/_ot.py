@@ -136,6 +136,33 @@ def _mean_sq_nn(pos: np.ndarray, section: np.ndarray) -> float:
     return value if value > 0 else 1.0
 
 
+def spatial_information(feat: np.ndarray, pos: np.ndarray, groups: np.ndarray,
+                        section: np.ndarray, seed: int = 0) -> float:
+    r"""How much closer in expression spatial neighbours are than random cells
+    of the same type: :math:`r = \max(0, 1 - \bar d_{nn} / \bar d_{rand})`,
+    with :math:`\bar d_{nn}` the mean squared feature distance of each cell to
+    its nearest same-type cell of its section and :math:`\bar d_{rand}` the
+    same to a random same-type cell. :math:`r = 0`: position says nothing about
+    the state beyond the type; :math:`r \to 1`: neighbours are alike.
+    """
+    from scipy.spatial import cKDTree
+    rng = np.random.default_rng(seed)
+    near, rand = [], []
+    for key in pd.unique(pd.Series(list(zip(section.tolist(), groups.tolist())))):
+        idx = np.flatnonzero((section == key[0]) & (groups == key[1]))
+        if idx.size < 3:
+            continue
+        nn = cKDTree(pos[idx]).query(pos[idx], k=2)[1][:, 1]
+        near.append(((feat[idx] - feat[idx[nn]]) ** 2).sum(1))
+        other = idx[(np.arange(idx.size) + rng.integers(1, idx.size, idx.size))
+                    % idx.size]
+        rand.append(((feat[idx] - feat[other]) ** 2).sum(1))
+    if not near:
+        return 0.0
+    ratio = np.concatenate(near).mean() / max(np.concatenate(rand).mean(), 1e-12)
+    return float(np.clip(1.0 - ratio, 0.0, 1.0))
+
+
 def alignment_table(records: List[Dict], times: np.ndarray) -> pd.DataFrame:
     """One row per section: time, reference, the map ``x -> A x + c`` (flat
     columns ``A00, A01, .., c0, ..``), mirrored, costs.
@@ -222,10 +249,13 @@ def infer_trajectories(
     first mapped into one frame by
     :func:`~torch_staged.trajectory.align_sections` (fused Gromov-Wasserstein
     on subsamples, then Procrustes), and the spatial term of the cost uses
-    these aligned positions; ``alpha_spatial='auto'`` (the default with
-    :obj:`align`) is :math:`1 / h^2`, :math:`h^2` the mean squared
-    nearest-neighbour distance of the anchors, so the spatial term is about 1
-    one cell away.
+    these aligned positions. ``alpha_spatial='auto'`` (the default with
+    :obj:`align`) is :math:`r / h^2`: :math:`h^2` is the mean squared
+    nearest-neighbour distance of the anchors (so the term is about :math:`r`
+    one cell away) and :math:`r \in [0, 1]` measures how much position says
+    about expression at the first time (:func:`spatial_information`: 0 when
+    neighbours are no more alike than random cells of their type, so that
+    position then does not override expression).
 
     **Matching.** Every observed row gets the anchor it is matched to: the
     largest entry :math:`\arg\max_a \pi_{aj}` of its column of the coupling
@@ -392,8 +422,11 @@ def infer_trajectories(
             section_time, section_names, scale=scale, transform=align,
             structure_weight=structure_weight, num_samples=int(align_samples),
             seed=seed)
+    spatial_info = spatial_information(feat[anchors], pos[anchors],
+                                       np.asarray(groups)[anchors], section[anchors],
+                                       seed)
     if alpha_spatial == 'auto':
-        alpha_spatial = 1.0 / _mean_sq_nn(aligned[anchors], section[anchors])
+        alpha_spatial = spatial_info / _mean_sq_nn(aligned[anchors], section[anchors])
     if batch_split == 'auto':
         batch_split = 'spatial' if alpha_spatial > 0 else 'expression'
 
@@ -484,7 +517,7 @@ def infer_trajectories(
         time_key=time_key, cell_key=out_cell_key, type_key=out_type_key,
         spatial_key=spatial_key, layer=layer or '', library_key=library_key or '',
         align=align or '', structure_weight=structure_weight,
-        alpha_spatial=alpha_spatial,
+        alpha_spatial=alpha_spatial, spatial_information=spatial_info,
         reg=reg, solver='emd' if reg == 0 else 'sinkhorn_log',
         standardize=bool(standardize), n_components=int(n_components or 0),
         match_types=bool(match_types), batch_size=int(batch_size),
