@@ -13,19 +13,21 @@ def _randomise(conv):
             p.add_(0.3 * torch.randn_like(p))
 
 
-@pytest.mark.parametrize('attention,act,type_dim', [
-    ('gat', 'leaky_relu', 0), ('gatv2', 'leaky_relu', 0), ('gat', 'smooth_leaky_relu', 0),
-    ('gat', 'leaky_relu', 3), ('gatv2', 'smooth_leaky_relu', 2)])
+@pytest.mark.parametrize('attention,act,type_dim,normalize', [
+    ('gat', 'leaky_relu', 0, 'softmax'), ('gatv2', 'leaky_relu', 0, 'softmax'),
+    ('gat', 'smooth_leaky_relu', 0, 'softmax'), ('gat', 'leaky_relu', 3, 'softmax'),
+    ('gatv2', 'smooth_leaky_relu', 2, 'softmax'), ('gat', 'smooth_leaky_relu', 0, 'gate'),
+    ('gatv2', 'smooth_leaky_relu', 2, 'gate')])
 @pytest.mark.parametrize('heads,concat,autocrine', [(1, True, False), (2, False, True),
                                                     (3, True, True)])
-def test_matches_dense_reference_float64(attention, act, type_dim, heads, concat,
+def test_matches_dense_reference_float64(attention, act, type_dim, normalize, heads, concat,
                                          autocrine):
     torch.manual_seed(0)
     data = random_tissue(24, 6, num_cell_types=3, num_pairs=3, num_features=2,
                          autocrine=autocrine, seed=heads)
     conv = STAGEDConv(2, 4, num_genes=6, num_cell_types=3, heads=heads,
                       concat=concat, attention=attention, act=act,
-                      type_dim=type_dim).double()
+                      type_dim=type_dim, normalize=normalize).double()
     _randomise(conv)
     x = data['gene'].x.double().requires_grad_()
 
@@ -63,7 +65,24 @@ def test_attention_is_a_distribution_per_target_and_relation():
         assert bool((total[~has_in] == 0).all())
 
 
+def test_gates_are_signed_and_unnormalised():
+    data = random_tissue(30, 5, seed=3)
+    conv = STAGEDConv(1, 4, num_genes=5, num_cell_types=3, heads=2, normalize='gate')
+    with torch.no_grad():
+        for p in conv.parameters():
+            p.add_(torch.randn_like(p))
+    _, att = conv(data['gene'].x, data, return_attention_weights=True)
+    alpha = att[REGULATES][1]
+    assert bool((alpha.abs() <= 1).all())
+    assert bool((alpha < 0).any()) and bool((alpha > 0).any())
+    num_nodes = data['gene'].num_nodes
+    total = torch.zeros(num_nodes, 2).index_add_(0, att[REGULATES][0][1], alpha)
+    assert not torch.allclose(total[total != 0], torch.ones(1))
+
+
 def test_repr():
+    assert repr(STAGEDConv(1, 4, 3, 2, normalize='gate')) == (
+        "STAGEDConv(1, 4, num_genes=3, num_cell_types=2, heads=1, normalize='gate')")
     assert repr(STAGEDConv(1, 16, num_genes=50, num_cell_types=3, heads=2)) == (
         'STAGEDConv(1, 16, num_genes=50, num_cell_types=3, heads=2)')
     assert repr(STAGEDConv(2, 8, 4, 2, attention='gatv2')) == (
@@ -74,6 +93,7 @@ def test_repr():
     (dict(heads=0), "'heads' must be an integer >= 1"),
     (dict(attention='dot'), "'attention' must be one of"),
     (dict(act='relu'), "'act' must be one of"),
+    (dict(normalize='sparsemax'), "'normalize' must be one of"),
     (dict(dropout=1.5), "'dropout' must lie in"),
     (dict(backend='cuda'), "'backend' must be one of"),
 ])

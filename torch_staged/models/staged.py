@@ -58,6 +58,9 @@ class STAGED(torch.nn.Module):
         options (dict, optional): Solver options (e.g. ``{'step_size': 0.1}``).
         adjoint (bool, optional): Back-propagate with the adjoint method.
             (default: :obj:`False`)
+        normalize (str, optional): ``'softmax'`` attention or ``'gate'``
+            (signed tanh gates per edge; see :class:`~torch_staged.nn.STAGEDConv`).
+            (default: :obj:`'softmax'`)
 
     Shapes:
         - **input:** a tissue graph with :math:`N` cells, times :math:`(T)`,
@@ -71,7 +74,7 @@ class STAGED(torch.nn.Module):
                  act: str = 'smooth_leaky_relu', signalling: bool = True,
                  backend: str = 'native', method: str = 'dopri5', rtol: float = 1e-3,
                  atol: float = 1e-4, options: Optional[Dict[str, Any]] = None,
-                 adjoint: bool = False):
+                 adjoint: bool = False, normalize: str = 'softmax'):
         super().__init__()
         if not isinstance(augment, int) or augment < 0:
             raise ValueError(f"'augment' must be an integer >= 0 (got {augment!r})")
@@ -90,14 +93,15 @@ class STAGED(torch.nn.Module):
                             augment=augment, attention=attention, act=act,
                             signalling=signalling, backend=backend,
                             method=method, rtol=rtol, atol=atol,
-                            options=self.options, adjoint=adjoint)
+                            options=self.options, adjoint=adjoint, normalize=normalize)
         self.func = STAGEDODEFunc(num_genes, num_cell_types, channels=1 + augment,
                                   hidden_channels=hidden_channels,
                                   mlp_channels=mlp_channels, heads=heads,
                                   gene_dim=gene_dim, type_dim=type_dim,
                                   edge_dim=edge_dim,
                                   attention=attention, act=act, backend=backend,
-                                  relations=RELATIONS if signalling else (REGULATES, ))
+                                  relations=RELATIONS if signalling else (REGULATES, ),
+                                  normalize=normalize)
         self.signalling = signalling
 
     @property

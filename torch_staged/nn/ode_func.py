@@ -61,6 +61,9 @@ class STAGEDODEFunc(torch.nn.Module):
         backend (str, optional): Segment backend of the layer.
             (default: :obj:`'native'`)
         relations (tuple, optional): The gene -> gene relations.
+        normalize (str, optional): ``'softmax'`` or ``'gate'`` (signed tanh
+            gates per edge, see :class:`STAGEDConv`); ``attention='mean'``
+            always averages. (default: :obj:`'softmax'`)
 
     Shapes:
         - **input:** time :math:`()`, state :math:`(N G, F)` or :math:`(N G F)`
@@ -72,7 +75,7 @@ class STAGEDODEFunc(torch.nn.Module):
                  gene_dim: int = 8, type_dim: int = 0, edge_dim: int = 1,
                  attention: str = 'gat',
                  act: str = 'smooth_leaky_relu', backend: str = 'native',
-                 relations: Tuple[EdgeType, ...] = RELATIONS):
+                 relations: Tuple[EdgeType, ...] = RELATIONS, normalize: str = 'softmax'):
         super().__init__()
         if not isinstance(mlp_channels, int) or mlp_channels < 1:
             raise ValueError(f"'mlp_channels' must be a positive integer "
@@ -88,7 +91,8 @@ class STAGEDODEFunc(torch.nn.Module):
                                heads=heads, gene_dim=gene_dim, type_dim=type_dim,
                                edge_dim=edge_dim,
                                attention=conv_attention, act=act, backend=backend,
-                               relations=relations)
+                               relations=relations,
+                               normalize='softmax' if attention == 'mean' else normalize)
         if attention == 'mean':
             # Uniform attention: freeze the score parameters at zero.
             for name in ('att_src', 'att_dst', 'att_edge'):
@@ -231,4 +235,6 @@ class STAGEDODEFunc(torch.nn.Module):
         return (f'{self.__class__.__name__}(num_genes={self.num_genes}, '
                 f'num_cell_types={self.num_cell_types}, channels={self.channels}, '
                 f'hidden_channels={self.hidden_channels}, '
-                f'attention={self.attention!r})')
+                f'attention={self.attention!r}'
+                + (f', normalize={self.conv.normalize!r})' if self.conv.normalize != 'softmax'
+                   else ')'))

@@ -36,10 +36,12 @@ def _scores(conv, key: int, h_src: Tensor, h_dst: Tensor, edge_term_in: Tensor) 
     return (hidden * conv.att[key]).sum(-1)
 
 
-def _masked_softmax(logits: Tensor, mask: Tensor) -> Tensor:
+def _masked_softmax(logits: Tensor, mask: Tensor, normalize: str = 'softmax') -> Tensor:
     """Softmax over dim 0 of ``logits [A, B, H]`` where ``mask [A, B]``; an empty
-    column gives zeros.
+    column gives zeros. ``normalize='gate'``: ``tanh(logits)`` where ``mask``.
     """
+    if normalize == 'gate':
+        return torch.where(mask[:, :, None], torch.tanh(logits), torch.zeros_like(logits))
     logits = logits.masked_fill(~mask[:, :, None], float('-inf'))
     alpha = torch.softmax(logits, dim=0)
     return torch.where(mask[:, :, None], alpha, torch.zeros_like(alpha))
@@ -89,7 +91,7 @@ def dense_staged_conv(conv, x: Tensor, data,
         own = (reg[1] // G) == c
         mask[reg[0, own] % G, reg[1, own] % G] = True
         logits = _scores(conv, 0 * K + tau, h_c, h_c, h.new_zeros(G, G, De))
-        alpha = _masked_softmax(logits, mask)  # [G_src, G_dst, H]
+        alpha = _masked_softmax(logits, mask, conv.normalize)  # [G_src, G_dst, H]
         agg = torch.einsum('abh,ad->bhd', alpha, h_c)
         m_reg = torch.einsum('bhd,hdc->bhc', agg, conv.value[0, tau])
         reg_alpha.append(alpha)
@@ -108,7 +110,7 @@ def dense_staged_conv(conv, x: Tensor, data,
             attr = dist.view(J * L, 1, 1).expand(J * L, G, De)
             logits = _scores(conv, 1 * K + tau, h_src, h_c, attr)  # [J*L, G, H]
             mask = (rec.repeat(J).view(-1, 1) == torch.arange(G).view(1, -1))
-            alpha = _masked_softmax(logits, mask)
+            alpha = _masked_softmax(logits, mask, conv.normalize)
             agg = torch.einsum('abh,ad->bhd', alpha, h_src)
             sig_alpha.append(alpha.view(J, L, G, H))
         else:

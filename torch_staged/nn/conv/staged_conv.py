@@ -22,6 +22,7 @@ GraphInput = Union[FusedGeneGraph, HeteroData, Dict[EdgeType, Tensor]]
 AttentionDict = Dict[EdgeType, Tuple[Tensor, Tensor]]
 
 ATTENTION_TYPES = ('gat', 'gatv2')
+NORMALIZATIONS = ('softmax', 'gate')
 ACTIVATIONS = ('leaky_relu', 'smooth_leaky_relu')
 
 
@@ -64,6 +65,11 @@ class STAGEDConv(MessagePassing):
         \mathbf{h}_v + \mathbf{W}^{e}_{r,\tau(v)}\mathbf{e}_{uv}\right)
 
     (``attention='gatv2'``, more expressive, with a hidden vector per edge).
+    With ``normalize='gate'`` the softmax is replaced by a signed gate per
+    edge, :math:`\alpha_{uv} = \tanh(s_{uv}) \in (-1, 1)`: regulators of one
+    target can then act with opposite signs, an edge can switch off
+    (:math:`\alpha = 0`) whatever the target's other edges do, and gate values
+    compare across targets and receptors (no per-target normalisation).
     :math:`\mathbf{e}_{uv}` are edge attributes (the distance between the two
     cells for signalling edges, zeros for intracellular ones). The output is
     :math:`[\mathbf{m}^{\text{regulates}}_v \,\Vert\, \mathbf{m}^{\text{signals}}_v]`
@@ -102,6 +108,10 @@ class STAGEDConv(MessagePassing):
             (default: :obj:`0.0`)
         bias (bool, optional): Add a learnable bias. (default: :obj:`True`)
         attention (str, optional): ``'gat'`` or ``'gatv2'``. (default: :obj:`'gat'`)
+        normalize (str, optional): ``'softmax'`` (attention coefficients sum to
+            1 over the edges of a relation entering a target) or ``'gate'``
+            (signed :math:`\tanh` gates, no normalisation).
+            (default: :obj:`'softmax'`)
         backend (str, optional): ``'native'`` (pure PyTorch) or
             ``'torch_scatter'`` (CSR segment kernels, needs torch-scatter).
             (default: :obj:`'native'`)
@@ -180,6 +190,7 @@ class STAGEDConv(MessagePassing):
         attention: str = 'gat',
         backend: str = 'native',
         relations: Tuple[EdgeType, ...] = RELATIONS,
+        normalize: str = 'softmax',
         **kwargs,
     ):
         kwargs.setdefault('aggr', 'add')
@@ -197,6 +208,9 @@ class STAGEDConv(MessagePassing):
         if attention not in ATTENTION_TYPES:
             raise ValueError(f"'attention' must be one of {ATTENTION_TYPES} "
                              f"(got '{attention}')")
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"'normalize' must be one of {NORMALIZATIONS} "
+                             f"(got '{normalize}')")
         if act not in ACTIVATIONS:
             raise ValueError(f"'act' must be one of {ACTIVATIONS} (got '{act}')")
         if not 0.0 <= dropout < 1.0:
@@ -217,6 +231,7 @@ class STAGEDConv(MessagePassing):
         self.act = act
         self.dropout = dropout
         self.attention = attention
+        self.normalize = normalize
         self.backend = check_backend(backend)
         self.relations = tuple(tuple(r) for r in relations)
 
@@ -480,7 +495,10 @@ class STAGEDConv(MessagePassing):
                 hidden = hidden + (edge_attr.unsqueeze(-1) * w_edge).sum(1)
             hidden = self.score_activation(hidden).view(-1, H, C)
             logits = (hidden * self.att.index_select(0, key)).sum(-1)
-        alpha = segment_softmax(logits, index, slot_ptr, dim_size, self.backend)
+        if self.normalize == 'gate':
+            alpha = torch.tanh(logits)
+        else:
+            alpha = segment_softmax(logits, index, slot_ptr, dim_size, self.backend)
         return F.dropout(alpha, p=self.dropout, training=self.training)
 
     def message(self, alpha: Tensor) -> Tensor:
@@ -520,6 +538,8 @@ class STAGEDConv(MessagePassing):
         extra = ''
         if self.attention != 'gat':
             extra += f", attention='{self.attention}'"
+        if self.normalize != 'softmax':
+            extra += f", normalize='{self.normalize}'"
         if self.act != 'leaky_relu':
             extra += f", act='{self.act}'"
         if self.backend != 'native':
