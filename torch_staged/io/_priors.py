@@ -36,7 +36,16 @@ def _load(source: PairTable, what: str) -> Optional[pd.DataFrame]:
             raise FileNotFoundError(f"The {what} table file '{path}' does not exist")
         name = path.lower()[:-3] if path.lower().endswith('.gz') else path.lower()
         sep = '\t' if name.endswith(('.tsv', '.txt', '.tab')) else ','
-        return pd.read_csv(path, sep=sep)
+        try:
+            frame = pd.read_csv(path, sep=sep)
+        except pd.errors.EmptyDataError:
+            raise ValueError(f"The {what} table file '{path}' is empty: write a header "
+                             f"line and one row per pair into it") from None
+        except (pd.errors.ParserError, UnicodeDecodeError) as err:
+            raise ValueError(f"The {what} table file '{path}' could not be read as "
+                             f"a {'TSV' if sep != ',' else 'CSV'} table: "
+                             f"{str(err).splitlines()[0]}") from None
+        return frame
     return None
 
 
@@ -155,8 +164,10 @@ def read_lr_pairs(
                         what, required=2)
     frame = as_pair_frame(source if frame is None else frame, cols, what)
     if len(frame) == 0:
-        raise ValueError(f"The {what} table has no rows: give at least one pair, or "
-                         f"lr_pairs=None for a model without signalling")
+        where = (f" (file '{os.fspath(source)}')"
+                 if isinstance(source, (str, os.PathLike)) else '')
+        raise ValueError(f"The {what} table{where} has no rows: give at least one "
+                         f"pair, or lr_pairs=None for a model without signalling")
     for c in cols:
         frame[c] = frame[c].str.strip()
     panel = None if genes is None else {str(g) for g in genes}
