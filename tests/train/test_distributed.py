@@ -1,4 +1,6 @@
-"""Data-parallel ``fit`` on 2 gloo processes matches one process on the same tiles."""
+"""Data-parallel ``fit`` on 2 gloo processes matches one process on the same tiles
+(``tiles_per_step = W * k`` in one process for ``k`` per rank), for every loss mode.
+"""
 import os
 import socket
 
@@ -13,6 +15,8 @@ from torch_staged.train import _distributed as dist
 from torch_staged.train import fit, init_from_env, shard
 
 WORLD = 2
+#: (loss mode, tiles_per_step k per rank): 3 tiles, more jobs than ranks in all
+MODES = [('one_step', 1), ('window', 1), ('rollout', 1), ('one_step', 2)]
 FIT = dict(loss='rollout', holdout='time', holdout_size=1, lr=0.05, clip_grad=1.0,
            progress=False, restore_best=False, seed=5)
 
@@ -61,16 +65,19 @@ def _worker(rank, port, out):
         fit(first, tiles, epochs=2, distributed=True, checkpoint=ckpt, **FIT)
         resumed = _student()
         res_b = fit(resumed, tiles, epochs=3, distributed=True, resume=ckpt, **FIT)
-        # (c) uneven: 3 tiles on 2 ranks (rank 1 takes empty steps)
-        uneven = _student()
-        fit(uneven, _tiles(3), loss='one_step', epochs=1, distributed=True,
-            progress=False, seed=2)
-        gathered = [torch.zeros_like(_flat(uneven)) for _ in range(WORLD)]
-        torch.distributed.all_gather(gathered, _flat(uneven))
+        # (c) every loss mode, 3 tiles (uneven shares, more jobs than ranks)
+        modes = {}
+        for loss, k in MODES:
+            student = _student()
+            res_c = fit(student, _tiles(3), epochs=2, distributed=True,
+                        tiles_per_step=k, **dict(FIT, loss=loss, window=2))
+            gathered = [torch.zeros_like(_flat(student)) for _ in range(WORLD)]
+            torch.distributed.all_gather(gathered, _flat(student))
+            modes[f'{loss}/{k}'] = dict(params=gathered, history=res_c.history)
         if rank == 0:
             torch.save(dict(straight=_flat(model), resumed=_flat(resumed),
                             history=res.history, history_b=res_b.history,
-                            uneven=gathered), os.path.join(out, 'result.pt'))
+                            modes=modes), os.path.join(out, 'result.pt'))
     finally:
         dist.cleanup()
 
@@ -98,8 +105,21 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     # resumed from rank 0's checkpoint == uninterrupted
     torch.testing.assert_close(got['resumed'], got['straight'], rtol=0, atol=0)
     assert len(got['history_b']) == 3
-    # uneven shares: both ranks still hold the same parameters
-    torch.testing.assert_close(got['uneven'][0], got['uneven'][1], rtol=0, atol=0)
+    # every loss mode: W ranks with k jobs each per step == one process with W * k
+    for loss, k in MODES:
+        mode = got['modes'][f'{loss}/{k}']
+        params = mode['params']
+        torch.testing.assert_close(params[0], params[1], rtol=0, atol=0)  # in sync
+        single = _student()
+        ref = fit(single, _tiles(3), epochs=2, tiles_per_step=WORLD * k,
+                  **dict(FIT, loss=loss, window=2))
+        assert not torch.equal(_flat(single), _flat(_student()))
+        torch.testing.assert_close(params[0], _flat(single), rtol=1e-5, atol=1e-6,
+                                   msg=f'{loss}, k={k}')
+        for a, b in zip(mode['history'], ref.history):
+            assert a['train_loss'] == pytest.approx(b['train_loss'], rel=1e-5), loss
+            assert a['val_loss'] == pytest.approx(b['val_loss'], rel=1e-5), loss
+            assert a['nfe'] == b['nfe'], loss
 
 
 def test_single_process_defaults():

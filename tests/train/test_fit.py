@@ -8,7 +8,13 @@ import torch
 from torch_staged.data import tile
 from torch_staged.models import STAGED, IntegrationError
 from torch_staged.testing import linear_coupled_tissue, random_tissue
-from torch_staged.train import fit, load_checkpoint, load_model
+from torch_staged.train import (
+    CheckpointError,
+    DivergenceError,
+    fit,
+    load_checkpoint,
+    load_model,
+)
 
 
 def test_learns_a_linear_coupled_system():
@@ -93,8 +99,9 @@ def test_checkpoint_refuses_code(tmp_path):
     path = tmp_path / 'evil.pt'
     with open(path, 'wb') as f:
         pickle.dump({'format': 'torch_staged.checkpoint/1', 'x': Payload()}, f, protocol=2)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CheckpointError, match='refused without running them') as err:
         load_checkpoint(path)
+    assert str(path) in str(err.value) and 'weights_only' not in str(err.value)
     torch.save({'something': 1}, tmp_path / 'other.pt')
     with pytest.raises(ValueError, match='not a torch_staged checkpoint'):
         load_checkpoint(tmp_path / 'other.pt')
@@ -169,3 +176,150 @@ def test_bad_trajectories():
         fit(_student(), data, bad, t, progress=False)
     with pytest.raises(ValueError, match='No trajectories'):
         fit(_student(), data, progress=False)
+
+
+def _good_checkpoint(path):
+    data, X, t = _small_problem()
+    fit(_student(), data, X, t, epochs=1, cell_order='graph', progress=False,
+        checkpoint=path)
+    return path
+
+
+@pytest.mark.parametrize('damage,match', [
+    ('text', 'not a torch_staged checkpoint'),
+    ('truncated', 'truncated or corrupt'),
+    ('empty', 'is empty'),
+    ('directory', 'is a directory'),
+    ('no model', 'incomplete'),
+])
+def test_every_checkpoint_failure_is_one_line_naming_the_file(tmp_path, damage, match):
+    path = tmp_path / 'checkpoint.pt'
+    if damage == 'text':
+        path.write_text('hello, I am not a checkpoint\n')
+    elif damage == 'truncated':
+        raw = _good_checkpoint(tmp_path / 'good.pt').read_bytes()
+        path.write_bytes(raw[:len(raw) // 2])
+    elif damage == 'empty':
+        path.write_bytes(b'')
+    elif damage == 'directory':
+        path.mkdir()
+    else:
+        torch.save({'format': 'torch_staged.checkpoint/1', 'config': {}}, path)
+    with pytest.raises(CheckpointError, match=match) as err:
+        load_model(path)
+    message = str(err.value)
+    assert str(path) in message and len(message.splitlines()) == 1
+    assert 'weights_only' not in message
+
+
+def _exploding_loss():
+    """MSE that is multiplied by 1e12 once its ``explode`` callback has run."""
+    state = dict(on=False)
+
+    def loss_fn(pred, target):
+        value = torch.nn.functional.mse_loss(pred, target)
+        return value * 1e12 if state['on'] else value
+
+    def explode(record):  # from the end of epoch 0 on
+        state['on'] = True
+    return loss_fn, explode
+
+
+def test_divergence_stops_the_fit_with_the_remedy(tmp_path):
+    data, X, t = _small_problem()
+    ckpt = tmp_path / 'c.pt'
+    loss_fn, explode = _exploding_loss()
+    with pytest.raises(DivergenceError, match=r"Epoch 1, step 0: the fit diverged.*"
+                       r"Lower the learning rate 'lr'") as err:
+        fit(_student(), data, X, t, epochs=3, cell_order='graph', progress=False,
+            holdout=None, checkpoint=ckpt, loss_fn=loss_fn, callback=explode)
+    assert err.value.epoch == 1 and err.value.loss > 1e4 * err.value.scale
+    assert len(str(err.value).splitlines()) == 1
+    # the checkpoint is that of the last good epoch
+    assert torch.load(ckpt, weights_only=True)['epoch'] == 0
+    # divergence=None: only non-finite losses stop a fit
+    loss_fn, explode = _exploding_loss()
+    result = fit(_student(), data, X, t, epochs=2, cell_order='graph', progress=False,
+                 holdout=None, divergence=None, loss_fn=loss_fn, callback=explode)
+    assert result.history[-1]['train_loss'] > 1e4
+
+
+def test_held_out_blow_up_is_caught():
+    data, X, t = _small_problem()
+    on = []
+
+    def loss_fn(pred, target):  # only held-out predictions (no grad) blow up
+        value = torch.nn.functional.mse_loss(pred, target)
+        blow_up = on and not torch.is_grad_enabled() and bool(pred.abs().sum() > 0)
+        return value * 1e12 if blow_up else value
+    with pytest.raises(DivergenceError, match=r"^Epoch 1: the fit diverged: held-out"):
+        fit(_student(), data, X, t, epochs=3, cell_order='graph', progress=False,
+            loss_fn=loss_fn, callback=lambda record: on.append(1))
+
+
+def test_learning_rate_blow_up_is_caught():
+    # the failure of the issue: a huge learning rate, a finite but absurd loss
+    data, X, t = _small_problem()
+    model = STAGED(3, 3, hidden_channels=4, mlp_channels=8)  # dopri5
+    with pytest.raises(DivergenceError, match=r"Epoch 0, step 0: the fit diverged: a "
+                       r"parameter reached .*Lower the learning rate 'lr'"):
+        fit(model, data, X, t, epochs=3, lr=1e8, cell_order='graph', progress=False)
+
+
+def test_history_file_is_written_every_epoch(tmp_path):
+    data, X, t = _small_problem()
+    path = tmp_path / 'history.json'
+    seen = []
+
+    def callback(record):
+        seen.append(len(json.loads(path.read_text())['history']))
+    fit(_student(), data, X, t, epochs=3, cell_order='graph', progress=False,
+        history_path=path, callback=callback)
+    assert seen == [1, 2, 3]
+    assert not list(tmp_path.glob('.history-*'))  # written atomically
+
+
+def test_progress_log_lines_and_label(capsys, caplog):
+    data, X, t = _small_problem()
+    fit(_student(), data, X, t, epochs=2, cell_order='graph', progress='log',
+        desc='STAGED')
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 2
+    assert lines[0].startswith('STAGED: epoch 1/2 train loss ')
+    assert lines[1].startswith('STAGED: epoch 2/2 train loss ')
+    fit(_student(), data, X, t, epochs=2, cell_order='graph', progress='bar',
+        desc='baseline')
+    assert 'baseline:' in capsys.readouterr().err
+    with caplog.at_level('INFO', logger='torch_staged.train'):
+        fit(_student(), data, X, t, epochs=1, cell_order='graph', progress=False)
+    assert capsys.readouterr().err == ''
+    assert 'fit: epoch 1/1' in caplog.text
+    with pytest.raises(ValueError, match="'progress' must be"):
+        fit(_student(), data, X, t, epochs=1, cell_order='graph', progress='loud')
+
+
+@pytest.mark.parametrize('restore_best', [True, False])
+def test_load_model_returns_what_fit_left(tmp_path, restore_best):
+    data, X, t = _small_problem()
+    model = _student()
+    ckpt = tmp_path / 'c.pt'
+    result = fit(model, data, X, t, epochs=4, lr=3.0, cell_order='graph',
+                 progress=False, restore_best=restore_best, checkpoint=ckpt,
+                 scheduler=None)
+    assert result.best_epoch != 3  # the best and the last epochs differ here
+    loaded, _ = load_model(ckpt)
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    best, _ = load_model(ckpt, which='best')
+    last, _ = load_model(ckpt, which='last')
+    assert not torch.equal(best.func.decay, last.func.decay)
+
+
+def test_one_time_point_message_is_not_circular():
+    data, X, t = _small_problem()
+    with pytest.raises(ValueError, match='needs at least 3 time points.*holdout=None'):
+        fit(_student(), data, X[:2], t[:2], cell_order='graph', progress=False)
+    with pytest.raises(ValueError, match='at least two time points'):
+        fit(_student(), data, X[:1], t[:1], holdout=None, cell_order='graph',
+            progress=False)

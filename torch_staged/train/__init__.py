@@ -1,5 +1,10 @@
 r"""Training: :func:`fit`, checkpoints, data-parallel training on ``torch.distributed``."""
-from torch_staged.train._checkpoint import load_checkpoint, load_model, save_checkpoint
+from torch_staged.train._checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
 from torch_staged.train._distributed import (
     DistInfo,
     cleanup,
@@ -9,8 +14,9 @@ from torch_staged.train._distributed import (
     is_main,
     shard,
 )
-from torch_staged.train._fit import FitResult, fit
+from torch_staged.train._fit import DivergenceError, FitResult, fit
 
-__all__ = ['fit', 'FitResult', 'save_checkpoint', 'load_checkpoint', 'load_model',
+__all__ = ['fit', 'FitResult', 'DivergenceError', 'CheckpointError', 'save_checkpoint',
+           'load_checkpoint', 'load_model',
            'init_from_env', 'cleanup', 'is_main', 'get_rank', 'get_world_size',
            'shard', 'DistInfo']

@@ -1,7 +1,10 @@
 """The STAGED training loop."""
 import json
+import logging
 import math
 import os
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -16,6 +19,8 @@ from torch_staged.models.staged import STAGED, IntegrationError
 from torch_staged.train import _distributed as dist
 from torch_staged.train._checkpoint import load_checkpoint, save_checkpoint
 from torch_staged.typing import CELL, GENE
+
+logger = logging.getLogger('torch_staged.train')
 
 LOSS_MODES = ('one_step', 'window', 'rollout')
 HOLDOUTS = ('time', 'cells', None)
@@ -39,6 +44,19 @@ class FitResult:
                 f'stopped_early={self.stopped_early})')
 
 
+class DivergenceError(IntegrationError):
+    """The training loss became non-finite or grew far beyond the data's scale.
+
+    Attributes ``epoch``, ``step``, ``loss`` (the job's loss) and ``scale`` (the
+    loss of predicting zero on the same job) say where and by how much.
+    """
+
+    def __init__(self, message: str, epoch: int, step: int, loss: float,
+                 scale: float):
+        super().__init__(message)
+        self.epoch, self.step, self.loss, self.scale = epoch, step, loss, scale
+
+
 @dataclass
 class _Unit:
     """One graph (a tissue or a tile) with its trajectories and masks."""
@@ -48,6 +66,7 @@ class _Unit:
     val_mask: Tensor  # [N*G] bool, nodes of the validation metric
     clamp: Optional[Tensor]  # [N*G] bool, nodes that follow their observations
     fused: Optional[Any] = None  # the unit's FusedGeneGraph, built on first use
+    zero_loss: Dict[Tuple[int, int], float] = field(default_factory=dict)
 
 
 def _windows(mode: str, last: int, width: int) -> List[Tuple[int, int]]:
@@ -81,6 +100,9 @@ def _prepare_units(data, X, t, holdout, holdout_size, cell_order, device, dtype,
                              "data.set_trajectories(X, t) first")
     times = graphs[0].t.to(device=device, dtype=dtype)
     num_times = times.numel()
+    if holdout == 'time' and num_times < 3:
+        raise ValueError(f"holdout='time' needs at least 3 time points (2 to train "
+                         f"on, 1 to hold out; got {num_times}): pass holdout=None")
     if holdout == 'time':
         if not isinstance(holdout_size, int) or not 1 <= holdout_size <= num_times - 2:
             raise ValueError(f"holdout='time' needs an integer holdout_size in "
@@ -154,6 +176,91 @@ def _json_ready(value):
     return str(value)
 
 
+def _zero_loss(unit: _Unit, loss_fn: Callable, a: int, b: int) -> float:
+    """The loss of predicting zero on window ``(a, b)``: the data's scale."""
+    if (a, b) not in unit.zero_loss:
+        target = unit.traj[a + 1:b + 1]
+        unit.zero_loss[(a, b)] = float(_masked_loss(
+            loss_fn, torch.zeros_like(target), target, unit.loss_mask))
+    return unit.zero_loss[(a, b)]
+
+
+def _check_divergence(value: float, scale: float, divergence: Optional[float],
+                      epoch: int, step: int, what: str = 'training') -> None:
+    """Raises :class:`DivergenceError` for a non-finite loss, or one above
+    :obj:`divergence` times :obj:`scale` (the larger of the loss of predicting
+    zero and the fit's first loss).
+    """
+    where = f"Epoch {epoch}, step {step}" if what == 'training' else f"Epoch {epoch}"
+    remedy = ("Lower the learning rate 'lr' (or clip gradients, standardise "
+              "the expression)")
+    if not math.isfinite(value):
+        raise DivergenceError(f"{where}: the {what} loss is {value}. {remedy}",
+                              epoch, step, value, scale)
+    if divergence is not None and value > divergence * max(scale, 1e-30):
+        raise DivergenceError(
+            f"{where}: the fit diverged: {what} loss {value:.3g} is over "
+            f"{divergence:g} times the data's scale {scale:.3g} (the loss of "
+            f"predicting zero, or the first loss if larger). {remedy}",
+            epoch, step, value, scale)
+
+
+def _largest_parameter(params: List[Tensor]) -> float:
+    """The largest absolute value of any parameter (one device sync)."""
+    return float(torch.stack([p.detach().abs().max() for p in params]).max())
+
+
+def _check_parameters(params: List[Tensor], start: float, divergence: Optional[float],
+                      epoch: int, step: int) -> None:
+    """Raises :class:`DivergenceError` when a parameter grew over
+    :obj:`divergence` times the largest one at the start (at least 1): a
+    blown-up step, caught before the next (possibly endless) solve.
+    """
+    if divergence is None or not params:
+        return
+    largest = _largest_parameter(params)
+    if not math.isfinite(largest) or largest > divergence * max(start, 1.0):
+        raise DivergenceError(
+            f"Epoch {epoch}, step {step}: the fit diverged: a parameter reached "
+            f"{largest:.3g}, over {divergence:g} times the largest at the start "
+            f"({start:.3g}). Lower the learning rate 'lr'", epoch, step, largest, start)
+
+
+def _write_json_atomic(path: Union[str, os.PathLike], payload: Dict[str, Any]) -> None:
+    """Writes :obj:`payload` as JSON through a temporary file and a rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.history-', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'w') as f:
+            json.dump(payload, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _progress_mode(progress: Union[bool, str]) -> Optional[str]:
+    """``'bar'``, ``'log'`` or :obj:`None` (silent) from the ``progress`` flag."""
+    if progress in (False, None):
+        return None
+    if progress is True or progress == 'auto':
+        return 'bar' if sys.stderr.isatty() else 'log'
+    if progress in ('bar', 'log'):
+        return progress
+    raise ValueError(f"'progress' must be True, False, 'auto', 'bar' or 'log' "
+                     f"(got {progress!r})")
+
+
+def _epoch_line(desc: str, record: Dict[str, float], epochs: int) -> str:
+    """One log line per epoch (used when stderr is not a terminal)."""
+    return (f"{desc}: epoch {record['epoch'] + 1}/{epochs} train loss "
+            f"{record['train_loss']:.4g} val loss {record['val_loss']:.4g} "
+            f"lr {record['lr']:.3g} nfe {record['nfe']} "
+            f"({record['seconds']:.1f} s)")
+
+
 def fit(
     model: STAGED,
     data: Union[TissueData, Sequence[TissueData]],
@@ -180,7 +287,9 @@ def fit(
     resume: Optional[Union[str, os.PathLike]] = None,
     history_path: Optional[Union[str, os.PathLike]] = None,
     device: Optional[Union[str, torch.device]] = None,
-    progress: bool = True,
+    progress: Union[bool, str] = True,
+    desc: str = 'fit',
+    divergence: Optional[float] = 1e4,
     callback: Optional[Callable[[Dict[str, float]], None]] = None,
     distributed: bool = False,
 ) -> FitResult:
@@ -195,8 +304,9 @@ def fit(
       next :obj:`window` times, for :math:`k = 0, w, 2w, \dots`;
     * ``'rollout'``: one free solve from :math:`\mathbf{x}(t_0)`.
 
-    Each (graph, window) pair is one optimiser step (Adam), in an order shuffled
-    by :obj:`seed`. A held-out split is scored after every epoch: the last
+    Each (graph, window) pair is one job; the jobs are shuffled by :obj:`seed`
+    and every :obj:`tiles_per_step` consecutive jobs make one optimiser step
+    (Adam). A held-out split is scored after every epoch: the last
     :obj:`holdout_size` time points (``holdout='time'``, a free rollout from the
     last training time) or a fraction of the cells that never enter the loss
     (``holdout='cells'``, one-step error on those cells).
@@ -226,7 +336,9 @@ def fit(
         patience (int, optional): Early stopping after this many epochs without
             a better validation loss (:obj:`None`: never). (default: :obj:`20`)
         restore_best (bool, optional): Load the best epoch's parameters at the
-            end. (default: :obj:`True`)
+            end; :func:`~torch_staged.train.load_model` then returns the same
+            parameters from the checkpoint (the last epoch's with
+            :obj:`False`). (default: :obj:`True`)
         tiles_per_step (int, optional): Graphs (tiles) per optimiser step.
             (default: :obj:`1`)
         loss_fn (callable, optional): ``loss_fn(pred, target)``. (default: MSE)
@@ -240,9 +352,23 @@ def fit(
             (default: :obj:`1`)
         resume (path, optional): Continue from a checkpoint; on CPU with the same
             seed this gives exactly the parameters of an uninterrupted run.
-        history_path (path, optional): Where to write the history as JSON.
+        history_path (path, optional): Where to write the history as JSON,
+            rewritten (atomically) after every epoch.
         device (optional): Device to train on (model and data are moved).
-        progress (bool, optional): Show a tqdm progress bar. (default: :obj:`True`)
+        progress (bool or str, optional): :obj:`True` (or ``'auto'``): a tqdm
+            bar when stderr is a terminal, else one line per epoch on stderr;
+            ``'bar'`` or ``'log'`` to choose; :obj:`False`: silent (each epoch
+            is still logged at INFO level to the ``torch_staged.train``
+            logger). (default: :obj:`True`)
+        desc (str, optional): Label of the progress bar and the epoch lines.
+            (default: :obj:`'fit'`)
+        divergence (float, optional): Stop with a :class:`DivergenceError`
+            when a job's training loss, or the held-out loss, exceeds this many
+            times the loss of predicting zero on the same data (the data's
+            scale) or the fit's first loss, or when a parameter exceeds this
+            many times the largest parameter at the start (at least 1);
+            :obj:`None`: only non-finite losses stop the fit.
+            (default: :obj:`1e4`)
         callback (callable, optional): Called with each epoch's record.
         distributed (bool, optional): Data-parallel training over the ranks of
             the initialised :mod:`torch.distributed` process group (see
@@ -250,11 +376,14 @@ def fit(
             same model config and the same list of tiles; rank ``r`` of ``W``
             trains on ``data[r::W]``. The (graph, window) jobs are shuffled
             identically on all ranks; at optimiser step ``s`` each rank solves
-            its next :obj:`tiles_per_step` jobs, and the gradients are summed
-            over the ranks, each job's loss divided by the number of jobs of the
-            step on all ranks (the mean, as in one process with
-            ``tiles_per_step * W``). Ranks with fewer jobs take empty steps, so
-            all do the same number of steps and hold the same parameters. The
+            the jobs of the next ``tiles_per_step * W`` of the shuffled list
+            whose graph it holds, and the gradients are summed over the ranks,
+            each job's loss divided by the number of jobs of the step: the same
+            jobs in the same optimiser steps as one process with
+            ``tiles_per_step * W``, for every loss mode (up to floating-point
+            summation order). A rank without a job in a step contributes zero
+            gradients, so all do the same number of steps and hold the same
+            parameters. The
             validation loss and NFE are reduced over the ranks; rank 0 writes
             the checkpoints and the history file; all ranks can resume from the
             same checkpoint. (default: :obj:`False`)
@@ -262,6 +391,11 @@ def fit(
     Returns:
         :class:`FitResult` (history with ``train_loss``, ``val_loss``, ``lr``,
         ``nfe``, ``seconds`` per epoch).
+
+    Raises:
+        DivergenceError: The loss became non-finite or diverged (see
+            :obj:`divergence`); the last checkpoint written is of the last
+            good epoch.
     """
     if loss not in LOSS_MODES:
         raise ValueError(f"'loss' must be one of {LOSS_MODES} (got '{loss}')")
@@ -276,6 +410,9 @@ def fit(
             raise ValueError(f"'{name}' must be a positive integer (got {value!r})")
     if not lr > 0:
         raise ValueError(f"'lr' must be positive (got {lr!r})")
+    if divergence is not None and not divergence > 1:
+        raise ValueError(f"'divergence' must be above 1 or None (got {divergence!r})")
+    mode = _progress_mode(progress)
 
     device = torch.device(device) if device is not None else model.func.decay.device
     model.to(device)
@@ -306,7 +443,8 @@ def fit(
         loss=loss, window=window, epochs=epochs, lr=lr, weight_decay=weight_decay,
         scheduler=scheduler, clip_grad=clip_grad, holdout=holdout,
         holdout_size=holdout_size, patience=patience, tiles_per_step=tiles_per_step,
-        cell_order=cell_order, seed=seed, world_size=world))
+        cell_order=cell_order, seed=seed, world_size=world,
+        restore_best=restore_best))
     result = FitResult()
     best_state = None
     start_epoch = 0
@@ -329,25 +467,26 @@ def fit(
         start_epoch = int(state['epoch']) + 1
 
     num_jobs = num_graphs * len(windows)
-    bar = tqdm(range(start_epoch, epochs), disable=not progress or not main, desc='fit',
-               unit='epoch', dynamic_ncols=True)
+    bar = tqdm(range(start_epoch, epochs), disable=mode != 'bar' or not main,
+               desc=desc, unit='epoch', dynamic_ncols=True)
     bad_epochs = 0
     if result.history and result.best_epoch >= 0:
         bad_epochs = len(result.history) - 1 - result.best_epoch
     started = time.perf_counter()
+    first_loss = first_val = None  # this call's first losses: divergence references
+    start_scale = _largest_parameter(params) if params else 0.0
     for epoch in bar:
         tic = time.perf_counter()
         model.train()
         model.reset_nfe()
         order = torch.randperm(num_jobs, generator=generator).tolist()
         jobs = [(i // len(windows), windows[i % len(windows)]) for i in order]
-        per_rank = [[j for j in jobs if j[0] % world == r] for r in range(world)]
-        num_steps = max(math.ceil(len(p) / tiles_per_step) for p in per_rank)
+        per_step = tiles_per_step * world  # one process: tiles_per_step * W
         total, count = 0.0, 0
-        for step in range(num_steps):
-            cut = slice(step * tiles_per_step, (step + 1) * tiles_per_step)
-            group = per_rank[rank][cut]
-            group_size = sum(len(p[cut]) for p in per_rank)  # jobs on all ranks
+        for step in range(math.ceil(num_jobs / per_step)):
+            chunk = jobs[step * per_step:(step + 1) * per_step]
+            group = [j for j in chunk if j[0] % world == rank]  # the graphs it holds
+            group_size = len(chunk)  # jobs on all ranks
             optimizer.zero_grad(set_to_none=True)
             step_loss, error = 0.0, None
             for graph_id, (a, b) in group:
@@ -360,21 +499,21 @@ def fit(
                         f"t[{a}]->t[{b}]): {err}")
                     break
                 value = _masked_loss(loss_fn, pred, unit.traj[a + 1:b + 1],
-                                     unit.loss_mask) / group_size
-                if not bool(torch.isfinite(value)):
-                    error = IntegrationError(
-                        f"Epoch {epoch}, step {step}: the loss is {float(value)}. "
-                        "Try a smaller learning rate, gradient clipping or "
-                        "standardised expression")
+                                     unit.loss_mask)
+                first_loss = first_loss or float(value.detach())
+                try:
+                    _check_divergence(float(value.detach()),
+                                      max(_zero_loss(unit, loss_fn, a, b), first_loss),
+                                      divergence, epoch, step)
+                except DivergenceError as err:
+                    error = err
                     break
+                value = value / group_size
                 value.backward()
                 step_loss += float(value.detach())
             if world > 1:  # a failure on any rank stops all of them
-                failed, step_loss = dist.all_reduce_sum([error is not None, step_loss],
-                                                        device)
-                if failed and error is None:
-                    error = IntegrationError(f"Epoch {epoch}, step {step}: the solve "
-                                             "failed on another rank")
+                error, step_loss = _reduce_failure(error, step_loss, epoch, step,
+                                                   device)
             if error is not None:
                 raise error
             if world > 1:
@@ -382,18 +521,23 @@ def fit(
             if clip_grad is not None:
                 torch.nn.utils.clip_grad_norm_(params, clip_grad)
             optimizer.step()
+            _check_parameters(params, start_scale, divergence, epoch, step)
             total += step_loss
             count += 1
         train_loss = total / max(count, 1)
         nfe = model.nfe
 
-        val_total, val_weight = _validate(model, units, times, holdout, last_train,
-                                          loss_fn)
+        val_total, val_weight, val_zero = _validate(model, units, times, holdout,
+                                                    last_train, loss_fn)
         if world > 1:
-            val_total, val_weight, nfe = dist.all_reduce_sum(
-                [val_total, val_weight, nfe], device)
+            val_total, val_weight, val_zero, nfe = dist.all_reduce_sum(
+                [val_total, val_weight, val_zero, nfe], device)
             nfe = int(nfe)
         val_loss = None if holdout is None else val_total / max(val_weight, 1)
+        if val_loss is not None and val_weight > 0:  # the same on every rank
+            first_val = val_loss if first_val is None else first_val
+            _check_divergence(val_loss, max(val_zero / val_weight, first_val),
+                              divergence, epoch, count, 'held-out')
         monitor = val_loss if val_loss is not None else train_loss
         if sched is not None:
             if scheduler == 'plateau':
@@ -413,6 +557,12 @@ def fit(
             bad_epochs += 1
         bar.set_postfix(loss=f'{train_loss:.4g}', val=f'{record["val_loss"]:.4g}',
                         nfe=nfe)
+        line = _epoch_line(desc, record, epochs)
+        if mode == 'log' and main:
+            print(line, file=sys.stderr, flush=True)
+        logger.info(line)
+        if history_path is not None and main:
+            _write_json_atomic(history_path, _history(result, fit_config))
         if callback is not None:
             callback(record)
         stop = patience is not None and bad_epochs >= patience
@@ -439,22 +589,43 @@ def fit(
         model.load_state_dict(best_state)
     model.eval()
     if history_path is not None and main:
-        os.makedirs(os.path.dirname(os.path.abspath(history_path)), exist_ok=True)
-        with open(history_path, 'w') as f:
-            json.dump(dict(history=result.history, best_epoch=result.best_epoch,
-                           best_val_loss=result.best_val_loss,
-                           fit_config=fit_config), f, indent=1)
+        _write_json_atomic(history_path, _history(result, fit_config))
     return result
+
+
+def _history(result: FitResult, fit_config: Dict[str, Any]) -> Dict[str, Any]:
+    """The content of the history file."""
+    return dict(history=result.history, best_epoch=result.best_epoch,
+                best_val_loss=result.best_val_loss, stopped_early=result.stopped_early,
+                fit_config=fit_config)
+
+
+def _reduce_failure(error: Optional[Exception], step_loss: float, epoch: int,
+                    step: int, device) -> Tuple[Optional[Exception], float]:
+    """Shares a failure of any rank with all ranks (so none waits forever)."""
+    failed, diverged, step_loss = dist.all_reduce_sum(
+        [error is not None, isinstance(error, DivergenceError), step_loss], device)
+    if failed and error is None:
+        if diverged:
+            error = DivergenceError(f"Epoch {epoch}, step {step}: the fit diverged "
+                                    "on another rank. Lower the learning rate 'lr'",
+                                    epoch, step, math.inf, math.nan)
+        else:
+            error = IntegrationError(f"Epoch {epoch}, step {step}: the solve "
+                                     "failed on another rank")
+    return error, step_loss
 
 
 @torch.no_grad()
 def _validate(model: STAGED, units: List[_Unit], times: Tensor, holdout: Optional[str],
-              last_train: int, loss_fn: Callable) -> Tuple[float, int]:
-    """Sum and count of the validation losses of :obj:`units`."""
+              last_train: int, loss_fn: Callable) -> Tuple[float, int, float]:
+    """Sum and count of the validation losses of :obj:`units`, and the sum of
+    the losses of predicting zero on the same targets.
+    """
     if holdout is None:
-        return 0.0, 0
+        return 0.0, 0, 0.0
     model.eval()
-    total, weight = 0.0, 0
+    total, weight, zero = 0.0, 0, 0.0
     for unit in units:
         if not bool(unit.val_mask.any()):
             continue
@@ -464,8 +635,10 @@ def _validate(model: STAGED, units: List[_Unit], times: Tensor, holdout: Optiona
             pairs = _windows('one_step', times.numel() - 1, 1)
         for a, b in pairs:
             pred = _solve_window(model, unit, times, a, b)
-            total += float(_masked_loss(loss_fn, pred, unit.traj[a + 1:b + 1],
-                                        unit.val_mask))
+            target = unit.traj[a + 1:b + 1]
+            total += float(_masked_loss(loss_fn, pred, target, unit.val_mask))
+            zero += float(_masked_loss(loss_fn, torch.zeros_like(target), target,
+                                       unit.val_mask))
             weight += 1
     model.train()
-    return total, weight
+    return total, weight, zero
