@@ -133,6 +133,45 @@ def _graph_order(traj):
     return traj.data, traj.X_graph, traj.t
 
 
+#: Python keyword advice of library errors -> the command line's flags.
+_FLAG_WORDS = (
+    (r"missing_genes='drop'", '--missing-genes drop'),
+    (r"allow_negative=True", '--allow-negative'),
+    (r"spatial_key='<key>'", '--spatial-key KEY'),
+    (r"\(spatial_key='([^']*)'\)", r'(--spatial-key \1)'),
+    (r"layer='<name>'", '--layer NAME'),
+    (r"\(layer='([^']*)'\)", r'(--layer \1)'),
+    (r"Pass layer=None to read", 'Leave out --layer to read'),
+    (r"pass connectivity_key='<key>', ", ''),
+    (r"neighbors='([a-z]+)'", r'--neighbors \1'),
+    (r"method='rk4' with a\s+small options=\{'step_size': \.\.\.\}",
+     '--method rk4 with a small --step-size'),
+    (r"Try a smaller learning rate or step size, tighter tolerances, gradient "
+     r"clipping, or standardised expression",
+     'Try a smaller --lr or --step-size, tighter --rtol/--atol, or standardised '
+     'expression'),
+    (r"Try a smaller learning rate, gradient clipping, looser tolerances or",
+     'Try a smaller --lr, looser --rtol/--atol or'),
+    (r",? or (?:pass )?lr_pairs=None for a model without signalling", ''),
+    (r",? or fit without signalling \(lr_pairs=None\)", ''),
+    (r",? or pass cell_types=\[\.\.\.\] listing every type", ''),
+    (r"genes=None", 'no --genes'),
+    (r"[Ll]ower the learning rate 'lr'", 'Lower --lr'),
+    (r"'num_genes'", '--genes'), (r"num_genes=", '--genes '),
+    (r"'num_cell_types'", '--cell-types'), (r"'num_cells'", '--cells'),
+    (r"'num_pairs'", '--pairs'), (r"'num_decoy_pairs'", '--decoy-pairs'),
+    (r"'k'", '--k'),
+)
+
+
+def _flag_words(text: str) -> str:
+    """Rewrites the Python keyword advice of a library error in flag names."""
+    import re
+    for pattern, replacement in _FLAG_WORDS:
+        text = re.sub(pattern, replacement, text)
+    return text
+
+
 # ----------------------------------------------------------------- simulate
 def _simulate(args: argparse.Namespace) -> None:
     import numpy as np
@@ -141,8 +180,7 @@ def _simulate(args: argparse.Namespace) -> None:
 
     if not args.out.endswith('.h5ad'):
         raise CLIError(f"--out '{args.out}' must end in .h5ad")
-    if args.times < 2:
-        raise CLIError(f"--times must be at least 2 (got {args.times})")
+    _check_simulate_numbers(args)
     stem = args.out[:-len('.h5ad')]
     lr_out = args.lr_pairs_out or f'{stem}_lr_pairs.csv'
     grn_out = args.grn_out or f'{stem}_grn.csv'
@@ -165,38 +203,218 @@ def _simulate(args: argparse.Namespace) -> None:
     print(f'true intercellular couplings -> {truth_out}')
 
 
-# ---------------------------------------------------------------------- fit
-def _fit(args: argparse.Namespace) -> None:
-    import torch
-
-    from torch_staged.interpret import (
-        edge_scores,
-        interaction_tables,
-        signalling_heatmaps,
-        spatial_edge_map,
-        strongest_pair,
-    )
-    from torch_staged.metrics import r2_score
-    from torch_staged.models import make_model
-    from torch_staged.train import fit
-    from torch_staged.typing import SIGNALS
-
-    # ---- validate everything before the long work ---------------------------------
-    for name in ('epochs', 'hidden', 'mlp', 'k', 'threads'):
-        if getattr(args, name) < 1:
-            raise CLIError(f"--{name} must be a positive integer (got "
+def _check_simulate_numbers(args: argparse.Namespace) -> None:
+    """The simulator's constraints, in flag names."""
+    for name, low in (('cells', 2), ('genes', 1), ('cell_types', 1), ('pairs', 0),
+                      ('decoy_pairs', 0), ('k', 1), ('times', 2), ('seed', 0)):
+        if getattr(args, name) < low:
+            raise CLIError(f"--{name.replace('_', '-')} must be at least {low} (got "
                            f"{getattr(args, name)})")
+    needed = 2 * (args.pairs + args.decoy_pairs) + args.pairs
+    if args.genes < max(needed, 2):
+        raise CLIError(f"--genes {args.genes} is too few for --pairs {args.pairs} and "
+                       f"--decoy-pairs {args.decoy_pairs}: a ligand and a receptor per "
+                       f"pair and a target per true pair need --genes {max(needed, 2)} "
+                       f"or more")
+    if args.k >= args.cells:
+        raise CLIError(f"--k {args.k} must be smaller than --cells {args.cells}")
+    if args.noise < 0:
+        raise CLIError(f"--noise must be >= 0 (got {args.noise})")
+    if not args.t_max > 0:
+        raise CLIError(f"--t-max must be positive (got {args.t_max})")
+
+
+# ---------------------------------------------------------------- run status
+#: Files a run directory may hold (removed by ``fit --overwrite``).
+RUN_FILES = (CHECKPOINT, RUN_JSON, 'metrics.json', 'history.json', 'trajectories.h5ad',
+             'intracellular.csv', 'intercellular.csv', 'loss_curves.png',
+             'signalling_heatmaps.png', 'spatial_signalling.png')
+#: ``fit`` options that ``--resume`` may change; every other one is the run's own.
+RESUME_CHANGEABLE = ('epochs', 'patience', 'device', 'threads', 'quiet', 'distributed')
+#: ``fit`` options not stored in ``run.json``.
+_NOT_STORED = ('handler', 'command', 'resume', 'overwrite')
+
+
+def _write_json(path: str, payload: dict) -> None:
+    """Writes JSON through a temporary file and a rename (never half-written)."""
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _read_run_json(folder: str) -> Optional[dict]:
+    """The ``run.json`` of :obj:`folder` (:obj:`None` if there is none)."""
+    path = os.path.join(folder, RUN_JSON)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            run = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CLIError(f"'{path}' is not valid JSON: {err}") from None
+    if not isinstance(run, dict) or run.get('format') != RUN_FORMAT:
+        raise CLIError(f"'{path}' is not a torch-staged run (format "
+                       f"{run.get('format') if isinstance(run, dict) else None!r}, "
+                       f"expected {RUN_FORMAT!r})")
+    return run
+
+
+def _epochs_done(folder: str) -> int:
+    """Epochs recorded in the run's ``history.json`` (0 if none)."""
+    try:
+        with open(os.path.join(folder, 'history.json')) as f:
+            return len(json.load(f)['history'])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def _set_status(folder: str, run: dict, status: str, **extra) -> None:
+    """Records the run's status (``running``, ``interrupted``, ``diverged``,
+    ``failed``, ``writing``, ``complete``) in ``run.json``.
+    """
+    run.update(status=status, epochs_done=_epochs_done(folder), **extra)
+    if status == 'complete':
+        run.pop('error', None)
+    _write_json(os.path.join(folder, RUN_JSON), run)
+
+
+def _unfinished(path: str, run: dict) -> Optional[str]:
+    """Why the run at :obj:`path` cannot be used yet (:obj:`None`: it can)."""
+    status = run.get('status', 'complete')  # runs written before statuses existed
+    if status == 'complete':
+        return None
+    done = run.get('epochs_done', _epochs_done(path))
+    total = (run.get('fit') or {}).get('epochs', '?')
+    if status == 'diverged':
+        return (f"'{path}' holds a fit that diverged after {done} epoch(s) "
+                f"({run.get('error', '')}); refit with a lower --lr and --overwrite")
+    if status == 'writing':
+        return (f"'{path}' holds a fit whose outputs were not all written; finish it "
+                f"with: torch-staged fit --resume {path}")
+    return (f"'{path}' holds an unfinished fit (status '{status}', {done} of {total} "
+            f"epochs); continue it with: torch-staged fit --resume {path}")
+
+
+# ---------------------------------------------------------------------- fit
+def _check_fit_numbers(args: argparse.Namespace) -> None:
+    """Rejects impossible numbers before anything is read."""
+    for name in ('epochs', 'hidden', 'mlp', 'k', 'threads', 'tiles_per_step'):
+        if getattr(args, name) < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be a positive integer "
+                           f"(got {getattr(args, name)})")
     if args.type_dim < 0:
         raise CLIError(f"--type-dim must be >= 0 (got {args.type_dim})")
-    if not args.lr > 0:
-        raise CLIError(f"--lr must be positive (got {args.lr})")
+    if args.patience is not None and args.patience < 1:
+        raise CLIError(f"--patience must be a positive integer (got {args.patience})")
+    for name in ('lr', 'rtol', 'atol'):
+        if not getattr(args, name) > 0:
+            raise CLIError(f"--{name} must be positive (got {getattr(args, name)})")
     if args.step_size is not None and not args.step_size > 0:
         raise CLIError(f"--step-size must be positive (got {args.step_size})")
+    if args.tile_size is not None and not args.tile_size > 0:
+        raise CLIError(f"--tile-size must be positive (got {args.tile_size})")
+    if args.divergence != 0 and not args.divergence > 1:
+        raise CLIError(f"--divergence must be above 1, or 0 to stop only on NaN/Inf "
+                       f"(got {args.divergence})")
     from torchdiffeq._impl.odeint import SOLVERS
     if args.method not in SOLVERS:
         raise CLIError(f"unknown --method '{args.method}' (one of {sorted(SOLVERS)})")
     if args.holdout < 0:
         raise CLIError(f"--holdout must be >= 0 (got {args.holdout})")
+
+
+def _fit_defaults() -> dict:
+    """The defaults of every ``fit`` option, by destination."""
+    fitp = _subparser(build_parser(), 'fit')
+    return {a.dest: a.default for a in fitp._actions if a.dest != 'help'}
+
+
+def _stored_args(args: argparse.Namespace) -> dict:
+    """The ``fit`` options written to ``run.json`` (paths made absolute)."""
+    out = {k: v for k, v in vars(args).items() if k not in _NOT_STORED}
+    for key in ('data', 'lr_pairs', 'grn'):
+        if out.get(key) is not None:
+            out[key] = os.path.abspath(out[key])
+    return out
+
+
+def _resume_args(args: argparse.Namespace) -> dict:
+    """Fills :obj:`args` from the run of ``--resume``; returns its ``run.json``."""
+    folder = args.resume
+    if not os.path.isdir(folder):
+        raise CLIError(f"--resume '{folder}' does not exist")
+    run = _read_run_json(folder)
+    if run is None or 'cli' not in run:
+        raise CLIError(f"--resume '{folder}' is not a run directory written by "
+                       f"torch-staged fit (no {RUN_JSON} with its options)")
+    if args.out is not None and os.path.abspath(args.out) != os.path.abspath(folder):
+        raise CLIError(f"--out '{args.out}' differs from --resume '{folder}': a resumed "
+                       f"run stays in its own directory (leave out --out)")
+    defaults, stored = _fit_defaults(), run['cli']
+    given = _stored_args(args)
+    for key, value in stored.items():
+        if key in RESUME_CHANGEABLE:
+            if given.get(key) == defaults.get(key):
+                setattr(args, key, value)
+            continue
+        now = given.get(key, defaults.get(key))
+        if now != defaults.get(key) and now != value:
+            flag = 'DATA' if key == 'data' else f"--{key.replace('_', '-')}"
+            raise CLIError(
+                f"{flag} {now} differs from the run's {value}: --resume continues "
+                f"'{folder}' with its own options (only --epochs, --patience, "
+                f"--device, --threads, --quiet and --distributed can change); start "
+                f"over with --out {folder} --overwrite instead")
+        setattr(args, key, value)
+    args.out = folder
+    ckpt = os.path.join(folder, run.get('checkpoint', CHECKPOINT))
+    done = run.get('epochs_done', _epochs_done(folder))
+    if run.get('status') == 'complete' and done >= args.epochs:
+        raise CLIError(f"run '{folder}' is complete ({done} epochs); to train it "
+                       f"further pass --epochs with more than {done}")
+    if not os.path.isfile(ckpt):
+        _log(args, f"no checkpoint in '{folder}' yet: starting its fit from epoch 0")
+    else:  # the tables of the run itself, as first read
+        args.lr_pairs = os.path.join(folder, run['lr_pairs'])
+        args.grn = os.path.join(folder, run['grn']) if run.get('grn') else None
+    return run
+
+
+def _check_new_run(args: argparse.Namespace) -> None:
+    """``fit`` without ``--resume``: the inputs it needs, and no run to clobber."""
+    if args.data is None:
+        raise CLIError('give the input .h5ad (DATA), or --resume RUN to continue a run')
+    if args.lr_pairs is None:
+        raise CLIError('--lr-pairs is required (a CSV of ligand, receptor pairs)')
+    if args.out is None:
+        raise CLIError('--out is required (the run directory to write)')
+    existing = [name for name in (RUN_JSON, CHECKPOINT)
+                if os.path.isfile(os.path.join(args.out, name))]
+    if not existing:
+        return
+    if not args.overwrite:
+        run = _read_run_json(args.out) if RUN_JSON in existing else None
+        status = (run or {}).get('status', 'complete' if run else 'unknown')
+        raise CLIError(f"--out '{args.out}' already holds a run (status '{status}'); "
+                       f"continue it with --resume {args.out}, or pass --overwrite "
+                       f"to replace it")
+    for name in RUN_FILES:  # --overwrite: nothing of the old run survives
+        path = os.path.join(args.out, name)
+        if os.path.isfile(path):
+            os.remove(path)
+
+
+def _fit(args: argparse.Namespace) -> None:
+    import torch
+
+    from torch_staged.models import make_model
+
+    # ---- validate everything before the long work ---------------------------------
+    stored_run = _resume_args(args) if args.resume else None
+    if stored_run is None:
+        _check_new_run(args)
+    _check_fit_numbers(args)
     device = _device(args.device)
     _need_file(args.lr_pairs, '--lr-pairs file')
     if args.grn is not None:
@@ -208,24 +426,8 @@ def _fit(args: argparse.Namespace) -> None:
     _check_obs_keys(adata, keys, args.spatial_key, args.layer)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-
-    genes = [str(g) for g in adata.var_names]
-    if args.genes is not None:
-        genes = [g.strip() for g in args.genes.split(',') if g.strip()]
-        unknown = [g for g in genes if g not in set(map(str, adata.var_names))]
-        if unknown:
-            raise CLIError(f"--genes: {unknown[:10]} are not in adata.var_names")
-    graph = dict(neighbors=args.neighbors, k=args.k, radius=args.radius,
-                 max_distance=args.max_distance, autocrine=args.autocrine)
-    run = dict(
-        format=RUN_FORMAT,
-        keys=dict(cell_key=args.cell_key, time_key=args.time_key,
-                  type_key=args.type_key, spatial_key=args.spatial_key,
-                  layer=args.layer),
-        graph=graph, allow_negative=args.allow_negative,
-        missing_genes=args.missing_genes,
-        snapshots=None,
-    )
+    genes = _panel(args, adata)
+    run = _new_run(args)
     if args.snapshots:
         run['snapshots'] = dict(run['keys'], seed=args.seed)
         _log(args, 'linking snapshots into trajectories (optimal transport) ...')
@@ -233,58 +435,211 @@ def _fit(args: argparse.Namespace) -> None:
         os.makedirs(args.out, exist_ok=True)
         adata.write_h5ad(os.path.join(args.out, 'trajectories.h5ad'))
         run['keys'] = dict(run['keys'], spatial_key='spatial', layer=None)
-    num_times = adata.obs[args.time_key].nunique()
-    if args.holdout > num_times - 2:
-        raise CLIError(f"--holdout {args.holdout} leaves fewer than two training times "
-                       f"of the {num_times} observed times (use at most "
-                       f"{max(num_times - 2, 0)})")
+    _check_times(args, adata.obs[args.time_key])
     traj = _read_traj(adata, run, args.lr_pairs, args.grn, genes=genes)
     data, X, t = _graph_order(traj)
     T = t.numel()
-    if args.holdout > T - 2:
-        raise CLIError(f"--holdout {args.holdout} leaves fewer than two training times "
-                       f"of the {T} observed times (use at most {T - 2})")
     data = data.clone().set_trajectories(X, t, cell_order='graph')
     _log(args, f'{traj.num_cells} cells x {T} times x {traj.num_genes} genes, '
                f'{len(traj.cell_types)} cell types, edges {data.edge_counts()}')
 
-    os.makedirs(args.out, exist_ok=True)
     model = make_model('staged', data.num_genes, data.num_cell_types,
                        hidden_channels=args.hidden, mlp_channels=args.mlp,
                        type_dim=args.type_dim, method=args.method, rtol=args.rtol,
                        atol=args.atol,
                        options={'step_size': args.step_size} if args.step_size else None)
-    ckpt = os.path.join(args.out, CHECKPOINT)
-    holdout = 'time' if args.holdout > 0 else None
     units = data
     if args.tile_size is not None:
         from torch_staged.data import tile
-        if not args.tile_size > 0:
-            raise CLIError(f"--tile-size must be positive (got {args.tile_size})")
         units = tile(data, args.tile_size)
         _log(args, f'{len(units)} spatial tiles of side {args.tile_size} (halo 1)')
     info = None
     if args.distributed:  # launched by torchrun: one process per GPU (or CPU rank)
-        from torch_staged.train import cleanup, init_from_env
+        from torch_staged.train import init_from_env
         info = init_from_env(device=args.device)
         device = info.device
+    main = info is None or info.is_main
+    if main:
+        _start_run_dir(args, run, stored_run, model, traj, t)
+    result, seconds = _train(args, model, units, device, info, run, main)
+    if not main:
+        return  # rank 0 writes the run directory
+    _set_status(args.out, run, 'writing')
+    _write_outputs(args, run, model.to(device).eval(), result, seconds, device, traj,
+                   data, X, t)
+    _set_status(args.out, run, 'complete')
+
+
+def _panel(args: argparse.Namespace, adata) -> List[str]:
+    """The gene panel of ``--genes`` (default: all ``var_names``)."""
+    genes = [str(g) for g in adata.var_names]
+    if args.genes is None:
+        return genes
+    panel = [g.strip() for g in args.genes.split(',') if g.strip()]
+    if not panel:
+        raise CLIError('--genes is empty: give comma-separated gene names, or leave '
+                       'it out for all of adata.var_names')
+    unknown = [g for g in panel if g not in set(genes)]
+    if unknown:
+        raise CLIError(f"--genes: {unknown[:10]} are not in adata.var_names")
+    return panel
+
+
+def _check_times(args: argparse.Namespace, times) -> None:
+    """Enough observed times for the training windows and ``--holdout``."""
+    num_times = int(times.nunique())
+    if num_times < 2:
+        raise CLIError(f"--time-key '{args.time_key}' has {num_times} distinct "
+                       f"time(s); fitting needs at least 2 observed times (3 or more "
+                       f"with --holdout)")
+    if args.holdout > num_times - 2:
+        fix = ('use --holdout 0 (no held-out times)' if num_times == 2 else
+               f'use --holdout {num_times - 2} or less')
+        raise CLIError(f"--holdout {args.holdout} leaves fewer than two training "
+                       f"times of the {num_times} observed times: {fix}")
+
+
+def _new_run(args: argparse.Namespace) -> dict:
+    """The ``run.json`` content known before reading the data."""
+    graph = dict(neighbors=args.neighbors, k=args.k, radius=args.radius,
+                 max_distance=args.max_distance, autocrine=args.autocrine)
+    return dict(
+        format=RUN_FORMAT, status='running',
+        keys=dict(cell_key=args.cell_key, time_key=args.time_key,
+                  type_key=args.type_key, spatial_key=args.spatial_key,
+                  layer=args.layer),
+        graph=graph, allow_negative=args.allow_negative,
+        missing_genes=args.missing_genes, snapshots=None)
+
+
+def _start_run_dir(args, run: dict, stored_run: Optional[dict], model, traj, t) -> None:
+    """Writes ``run.json`` (status ``running``) and the prior tables before the
+    fit, so that an interrupted run says what it is and can be resumed.
+    """
+    os.makedirs(args.out, exist_ok=True)
+    folder = os.path.abspath(args.out)
+    lr_copy = (os.path.basename(args.lr_pairs)
+               if os.path.dirname(os.path.abspath(args.lr_pairs)) == folder
+               else _copy_table(args.lr_pairs, args.out, 'lr_pairs'))
+    grn_copy = None
+    if args.grn:
+        grn_copy = (os.path.basename(args.grn)
+                    if os.path.dirname(os.path.abspath(args.grn)) == folder
+                    else _copy_table(args.grn, args.out, 'grn'))
+    source = (stored_run or {}).get('source') or dict(
+        data=os.path.abspath(args.data), lr_pairs=os.path.abspath(args.lr_pairs),
+        grn=os.path.abspath(args.grn) if args.grn else None)
+    run.update(
+        checkpoint=CHECKPOINT, model_config=model.config, genes=list(traj.genes),
+        cell_types=list(traj.cell_types), lr_pairs=lr_copy, grn=grn_copy,
+        times=[float(v) for v in t.tolist()],
+        fit=dict(loss=args.loss, epochs=args.epochs, lr=args.lr, holdout=args.holdout,
+                 patience=args.patience, seed=args.seed, hidden=args.hidden,
+                 mlp=args.mlp, type_dim=args.type_dim, method=args.method,
+                 tile_size=args.tile_size, tiles_per_step=args.tiles_per_step),
+        source=source, cli=(stored_run or {}).get('cli') or _stored_args(args))
+    run['cli'] = dict(run['cli'], **{k: getattr(args, k) for k in RESUME_CHANGEABLE})
+    _set_status(args.out, run, 'running')
+
+
+def _raise_interrupt(signum, frame):  # pragma: no cover - signal handler
+    raise KeyboardInterrupt
+
+
+def _train(args, model, units, device, info, run: dict, main: bool):
+    """Runs :func:`~torch_staged.train.fit` (resuming from the run's checkpoint
+    if ``--resume``) and records an interruption or divergence in ``run.json``.
+    """
+    import signal
+
+    from torch_staged.models.staged import IntegrationError
+    from torch_staged.train import DivergenceError, fit
+
+    ckpt = os.path.join(args.out, CHECKPOINT)
+    resume = ckpt if args.resume and os.path.isfile(ckpt) else None
+    holdout = 'time' if args.holdout > 0 else None
+    on_term = None
+    if _in_main_thread():
+        on_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     tic = time.perf_counter()
     try:
         result = fit(model, units, loss=args.loss, epochs=args.epochs, lr=args.lr,
                      holdout=holdout, holdout_size=max(args.holdout, 1),
                      patience=args.patience, seed=args.seed, checkpoint=ckpt,
+                     resume=resume, tiles_per_step=args.tiles_per_step,
+                     divergence=args.divergence or None,
                      history_path=os.path.join(args.out, 'history.json'),
                      device=device, distributed=args.distributed,
-                     progress=not args.quiet and (info is None or info.is_main))
+                     progress=not args.quiet and main, desc='fit')
+    except KeyboardInterrupt:
+        if main:
+            _set_status(args.out, run, 'interrupted')
+            print(f"torch-staged fit: interrupted after {run['epochs_done']} epoch(s); "
+                  f"continue with: torch-staged fit --resume {args.out}",
+                  file=sys.stderr)
+        raise _Interrupted() from None
+    except DivergenceError as err:
+        message = (f"the fit diverged at epoch {err.epoch} ({_diverged_what(err)}): "
+                   f"lower --lr (it is {args.lr:g}) and refit with --overwrite")
+        if main:
+            _set_status(args.out, run, 'diverged', error=message)
+        raise CLIError(message) from None
+    except IntegrationError as err:
+        if main:
+            _set_status(args.out, run, 'failed', error=_flag_words(str(err)))
+        raise
     finally:
+        if on_term is not None:
+            signal.signal(signal.SIGTERM, on_term)
         if info is not None:
+            from torch_staged.train import cleanup
             cleanup()
-    if info is not None and not info.is_main:
-        return  # rank 0 writes the run directory
-    seconds = time.perf_counter() - tic
-    model = model.to(device).eval()
+    return result, time.perf_counter() - tic
 
-    # ---- metrics -------------------------------------------------------------------
+
+def _in_main_thread() -> bool:
+    """Whether this is the main thread (signal handlers can be set only there)."""
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _diverged_what(err) -> str:
+    """The measured part of a :class:`DivergenceError`, in CLI words."""
+    import math
+    if not math.isfinite(err.loss):
+        return f'the loss became {err.loss}'
+    if 'parameter' in str(err):
+        return (f'a parameter reached {err.loss:.3g}, over --divergence times its '
+                f'start {err.scale:.3g}')
+    return (f'loss {err.loss:.3g}, over --divergence times the data\'s scale '
+            f'{err.scale:.3g}')
+
+
+class _Interrupted(Exception):
+    """Ctrl-C or SIGTERM during a fit, already reported."""
+
+
+def _write_outputs(args, run: dict, model, result, seconds: float, device, traj, data,
+                   X, t) -> None:
+    """``metrics.json``, interaction tables and figures of a fitted run."""
+    metrics = _metrics(args, model, result, seconds, device, traj, data, X, t)
+    with open(os.path.join(args.out, 'metrics.json'), 'w') as f:
+        json.dump(metrics, f, indent=1)
+    _tables_and_figures(args, model, result, traj, data, X)
+    print(f"fit {metrics['epochs']} epochs in {seconds:.1f} s: train loss "
+          f"{metrics['final_train_loss']:.4g}"
+          + (f", held-out R2 {metrics['heldout_r2']:.3f}" if 'heldout_r2' in metrics
+             else '')
+          + f'; run written to {args.out}/')
+
+
+def _metrics(args, model, result, seconds: float, device, traj, data, X, t) -> dict:
+    import torch
+
+    from torch_staged.metrics import r2_score
+
+    _log(args, 'scoring the rollout and the held-out times ...')
+    T = t.numel()
     data_d = data.to(device)
     Xd, td = X.to(device), t.to(device)
     last = T - 1 - args.holdout
@@ -294,9 +649,9 @@ def _fit(args: argparse.Namespace) -> None:
     final = result.history[-1]
     metrics = dict(
         final_train_loss=final['train_loss'],
-        final_val_loss=final['val_loss'] if holdout else None,
+        final_val_loss=final['val_loss'] if args.holdout else None,
         best_epoch=result.best_epoch,
-        best_val_loss=result.best_val_loss if holdout else None,
+        best_val_loss=result.best_val_loss if args.holdout else None,
         epochs=len(result.history), stopped_early=result.stopped_early,
         rollout_r2=float(r2_score(rollout[1:], X[1:])),
         rollout_mse=float(((rollout[1:] - X[1:]) ** 2).mean()),
@@ -309,75 +664,64 @@ def _fit(args: argparse.Namespace) -> None:
     if heldout is not None:
         metrics['heldout_r2'] = float(r2_score(heldout, X[last + 1:]))
         metrics['heldout_mse'] = float(((heldout - X[last + 1:]) ** 2).mean())
-    metrics = {k: (None if isinstance(v, float) and v != v else v)
-               for k, v in metrics.items()}
+    return {k: (None if isinstance(v, float) and v != v else v)
+            for k, v in metrics.items()}
 
-    # ---- run directory -----------------------------------------------------------------
-    lr_copy = _copy_table(args.lr_pairs, args.out, 'lr_pairs')
-    grn_copy = _copy_table(args.grn, args.out, 'grn') if args.grn else None
-    run.update(
-        checkpoint=CHECKPOINT,
-        model_config=model.config,
-        genes=list(traj.genes),
-        cell_types=list(traj.cell_types),
-        lr_pairs=lr_copy,
-        grn=grn_copy,
-        times=[float(v) for v in t.tolist()],
-        fit=dict(loss=args.loss, epochs=args.epochs, lr=args.lr, holdout=args.holdout,
-                 patience=args.patience, seed=args.seed, hidden=args.hidden,
-                 mlp=args.mlp, type_dim=args.type_dim, method=args.method),
-        source=dict(data=os.path.abspath(args.data),
-                    lr_pairs=os.path.abspath(args.lr_pairs),
-                    grn=os.path.abspath(args.grn) if args.grn else None),
-    )
-    with open(os.path.join(args.out, RUN_JSON), 'w') as f:
-        json.dump(run, f, indent=1)
-    with open(os.path.join(args.out, 'metrics.json'), 'w') as f:
-        json.dump(metrics, f, indent=1)
 
-    # ---- tables and figures ------------------------------------------------------------
+def _tables_and_figures(args, model, result, traj, data, X) -> None:
     import matplotlib.pyplot as plt
 
     from torch_staged import plot
-    model_cpu = model.cpu()
-    data_c = data.cpu()
-    intra, inter = interaction_tables(model_cpu, data_c, X, method='jacobian')
+    from torch_staged.interpret import (
+        edge_scores,
+        interaction_tables,
+        signalling_heatmaps,
+        strongest_pair,
+    )
+    from torch_staged.typing import SIGNALS
+
+    model_cpu, data_c = model.cpu(), data.cpu()
+    tic = time.perf_counter()
+    _log(args, 'interaction strengths (per-edge Jacobians) ...')
+    scores = edge_scores(model_cpu, data_c, X, method='jacobian')
+    intra, inter = interaction_tables(model_cpu, data_c, X, method='jacobian',
+                                      scores=scores)
     intra.to_csv(os.path.join(args.out, 'intracellular.csv'), index=False)
     inter.to_csv(os.path.join(args.out, 'intercellular.csv'), index=False)
+    _log(args, f'interaction tables written ({time.perf_counter() - tic:.1f} s); '
+               f'figures ...')
     plot.loss_curves({'staged': result.history}, os.path.join(args.out, 'loss_curves.png'))
     plt.close('all')
     signalling_heatmaps(inter, traj.cell_types,
                         path=os.path.join(args.out, 'signalling_heatmaps.png'))
     plt.close('all')
     if data_c[SIGNALS].num_edges > 0:
-        scores = edge_scores(model_cpu, data_c, X, method='jacobian')[SIGNALS]
-        pair = strongest_pair(data_c, scores)
-        spatial_edge_map(data_c, scores, *pair,
-                         path=os.path.join(args.out, 'spatial_signalling.png'))
+        ligand, receptor = strongest_pair(data_c, scores[SIGNALS])
+        pair = [(str(a), str(b)) for a, b in data_c.lr_pairs].index((ligand, receptor))
+        plot.spatial_signalling(
+            data_c['cell'].pos, plot.incoming_per_cell(data_c, scores[SIGNALS], pair),
+            title=f'learned incoming {ligand}->{receptor} signalling (|Jacobian|)',
+            cell_type=data_c['cell'].cell_type, type_names=list(traj.cell_types),
+            path=os.path.join(args.out, 'spatial_signalling.png'))
         plt.close('all')
-    print(f"fit {metrics['epochs']} epochs in {seconds:.1f} s: train loss "
-          f"{metrics['final_train_loss']:.4g}"
-          + (f", held-out R2 {metrics['heldout_r2']:.3f}" if heldout is not None else '')
-          + f'; run written to {args.out}/')
+    _log(args, f'tables and figures done ({time.perf_counter() - tic:.1f} s)')
 
 
 # ------------------------------------------------------------- predict, perturb
 def _load_run(path: str, device):
+    """The ``run.json``, model and prior tables of a finished run directory."""
     from torch_staged.train import load_model
     if not os.path.isdir(path):
         raise CLIError(f"run directory '{path}' does not exist")
-    run_file = os.path.join(path, RUN_JSON)
-    if not os.path.isfile(run_file):
-        raise CLIError(f"'{path}' is not a torch-staged run directory (no {RUN_JSON}; "
-                       f"create one with 'torch-staged fit')")
-    try:
-        with open(run_file) as f:
-            run = json.load(f)
-    except json.JSONDecodeError as err:
-        raise CLIError(f"'{run_file}' is not valid JSON: {err}") from None
-    if run.get('format') != RUN_FORMAT:
-        raise CLIError(f"'{run_file}' is not a torch-staged run (format "
-                       f"{run.get('format')!r}, expected {RUN_FORMAT!r})")
+    run = _read_run_json(path)
+    if run is None:
+        hint = (f"it holds only {CHECKPOINT}, not a run written by this version: "
+                if os.path.isfile(os.path.join(path, CHECKPOINT)) else '')
+        raise CLIError(f"'{path}' is not a torch-staged run directory ({hint}no "
+                       f"{RUN_JSON}; create one with 'torch-staged fit')")
+    why = _unfinished(path, run)
+    if why is not None:
+        raise CLIError(why)
     ckpt = os.path.join(path, run.get('checkpoint', CHECKPOINT))
     _need_file(ckpt, 'checkpoint')
     model, _ = load_model(ckpt, map_location='cpu')
@@ -558,12 +902,16 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------- parser
+_FORMAT = argparse.ArgumentDefaultsHelpFormatter
+
+
 def _add_common(p, device: bool = True):
     if device:
         p.add_argument('--device', default=None,
-                       help='cpu (default), cuda or cuda:N')
-    p.add_argument('--threads', type=int, default=1, help='CPU threads (default 1)')
-    p.add_argument('--quiet', action='store_true', help='No progress output.')
+                       help='cpu, cuda or cuda:N (default: cpu)')
+    p.add_argument('--threads', type=int, default=1, help='CPU threads of torch')
+    p.add_argument('--quiet', action='store_true',
+                   help='No progress output (bars on a terminal, log lines otherwise).')
 
 
 def _add_run_inputs(p):
@@ -573,143 +921,221 @@ def _add_run_inputs(p):
     p.add_argument('--key-added', default='staged', help='Prefix of the written keys.')
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``torch-staged``."""
-    parser = _Parser(
-        prog='torch-staged',
-        description='STAGED graph neural ODEs of cell-cell communication.')
-    sub = parser.add_subparsers(dest='command', required=True, parser_class=_Parser)
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The subcommand parser :obj:`name` of :func:`build_parser`'s parser."""
+    sub = next(a for a in parser._actions if a.dest == 'command')
+    return sub.choices[name]
 
-    sim = sub.add_parser('simulate', help='Simulate a ground-truth tissue (.h5ad) and '
-                         'write its prior tables (CSV).',
+
+def _add_simulate(sub) -> None:
+    sim = sub.add_parser('simulate', formatter_class=_FORMAT,
+                         help='Simulate a ground-truth tissue (.h5ad) and write its '
+                         'prior tables (CSV).',
                          description='Simulate a tissue with known GRNs and ligand -> '
                          'receptor couplings. Writes OUT.h5ad, OUT_lr_pairs.csv, '
                          'OUT_grn.csv and OUT_truth_intercellular.csv.')
     sim.add_argument('--out', required=True, help='Output .h5ad.')
-    sim.add_argument('--cells', type=int, default=300)
-    sim.add_argument('--genes', type=int, default=20)
-    sim.add_argument('--cell-types', type=int, default=3)
-    sim.add_argument('--pairs', type=int, default=4, help='true ligand -> receptor pairs')
-    sim.add_argument('--decoy-pairs', type=int, default=2)
-    sim.add_argument('--k', type=int, default=8, help='signalling neighbours per cell')
-    sim.add_argument('--noise', type=float, default=0.05)
+    sim.add_argument('--cells', type=int, default=300, help='Number of cells.')
+    sim.add_argument('--genes', type=int, default=20,
+                     help='Genes per cell (at least 3 x --pairs + 2 x --decoy-pairs).')
+    sim.add_argument('--cell-types', type=int, default=3, help='Number of cell types.')
+    sim.add_argument('--pairs', type=int, default=4,
+                     help='True ligand -> receptor pairs.')
+    sim.add_argument('--decoy-pairs', type=int, default=2,
+                     help='Ligand -> receptor pairs in the prior table without an effect.')
+    sim.add_argument('--k', type=int, default=8, help='Signalling neighbours per cell.')
+    sim.add_argument('--noise', type=float, default=0.05,
+                     help='Standard deviation of the observation noise.')
     sim.add_argument('--times', type=int, default=17,
-                     help='observation times, evenly spaced on [0, --t-max]')
-    sim.add_argument('--t-max', type=float, default=8.0)
+                     help='Observation times, evenly spaced on [0, --t-max].')
+    sim.add_argument('--t-max', type=float, default=8.0, help='The last observation time.')
     sim.add_argument('--snapshot', action='store_true',
                      help='Observe different cells at each time.')
-    sim.add_argument('--seed', type=int, default=0)
+    sim.add_argument('--seed', type=int, default=0, help='Random seed.')
     sim.add_argument('--lr-pairs-out', default=None,
-                     help='ligand -> receptor CSV (default OUT_lr_pairs.csv)')
-    sim.add_argument('--grn-out', default=None, help='GRN CSV (default OUT_grn.csv)')
+                     help='Ligand -> receptor CSV (default: OUT_lr_pairs.csv).')
+    sim.add_argument('--grn-out', default=None, help='GRN CSV (default: OUT_grn.csv).')
     sim.set_defaults(handler=_simulate)
 
-    fitp = sub.add_parser('fit', help='Fit STAGED on a long-format .h5ad into a run '
-                          'directory.',
-                          description='Fit STAGED on long-format AnnData (one row per '
-                          'cell and time). The run directory gets checkpoint.pt, '
-                          'run.json, metrics.json, history.json, lr_pairs.csv, '
-                          'grn.csv, interaction tables and figures.')
-    fitp.add_argument('data', help='Input .h5ad (long format).')
-    fitp.add_argument('--out', required=True, help='Run directory.')
-    fitp.add_argument('--cell-key', default='cell_id', help='obs column of the cell ids')
-    fitp.add_argument('--time-key', default='time', help='obs column of the times')
+
+def _add_fit_inputs(fitp) -> None:
+    fitp.add_argument('data', nargs='?', default=None,
+                      help='Input .h5ad (long format: one row per cell and time); '
+                           'with --resume, the run\'s own.')
+    fitp.add_argument('--out', default=None,
+                      help='Run directory to write (required unless --resume).')
+    fitp.add_argument('--resume', default=None, metavar='RUN',
+                      help='Continue the (interrupted) run in directory RUN from its '
+                           'checkpoint, with its own data and options.')
+    fitp.add_argument('--overwrite', action='store_true',
+                      help='Replace a run already in --out (default: refuse).')
+    fitp.add_argument('--cell-key', default='cell_id', help='obs column of the cell ids.')
+    fitp.add_argument('--time-key', default='time', help='obs column of the times.')
     fitp.add_argument('--type-key', default='cell_type',
-                      help='obs column of the cell types')
-    fitp.add_argument('--spatial-key', default='spatial', help='obsm key of positions')
-    fitp.add_argument('--layer', default=None, help='Read layers[LAYER] instead of X.')
+                      help='obs column of the cell types.')
+    fitp.add_argument('--spatial-key', default='spatial', help='obsm key of positions.')
+    fitp.add_argument('--layer', default=None,
+                      help='Read layers[LAYER] instead of X (default: X).')
     fitp.add_argument('--genes', default=None,
                       help='Comma-separated gene panel (default: all var_names).')
-    fitp.add_argument('--lr-pairs', required=True,
-                      help='CSV of ligand -> receptor pairs (columns ligand, receptor).')
+    fitp.add_argument('--lr-pairs', default=None,
+                      help='CSV of ligand -> receptor pairs (columns ligand, receptor); '
+                           'required unless --resume.')
     fitp.add_argument('--grn', default=None,
-                      help='CSV prior GRN (source, target[, cell_type]); default '
-                           'all gene pairs.')
+                      help='CSV prior GRN (source, target[, cell_type]) (default: all '
+                           'gene pairs).')
     fitp.add_argument('--snapshots', action='store_true',
                       help='Different cells at each time (spatial snapshots): link '
                            'them into trajectories by optimal transport first '
                            '(predict/perturb then do the same and write the '
                            'inferred trajectories).')
     fitp.add_argument('--missing-genes', default='raise', choices=('raise', 'drop'),
-                      help='Prior rows naming genes outside the panel.')
-    fitp.add_argument('--neighbors', default='knn',
-                      choices=('knn', 'radius', 'delaunay', 'obsp'))
-    fitp.add_argument('--k', type=int, default=8, help='neighbours per cell (knn)')
-    fitp.add_argument('--radius', type=float, default=None)
-    fitp.add_argument('--max-distance', type=float, default=None)
-    fitp.add_argument('--autocrine', action='store_true')
+                      help='What to do with prior rows naming genes outside the panel.')
     fitp.add_argument('--allow-negative', action='store_true',
                       help='Accept negative (centred/scaled) expression.')
+
+
+def _add_fit_graph(fitp) -> None:
+    fitp.add_argument('--neighbors', default='knn',
+                      choices=('knn', 'radius', 'delaunay', 'obsp'),
+                      help='Spatial neighbourhood of the signalling edges (obsp: '
+                           "the squidpy graph obsp['spatial_connectivities']).")
+    fitp.add_argument('--k', type=int, default=8, help='Neighbours per cell (knn).')
+    fitp.add_argument('--radius', type=float, default=None,
+                      help='Neighbourhood radius (radius).')
+    fitp.add_argument('--max-distance', type=float, default=None,
+                      help='Drop neighbours farther than this (default: keep all).')
+    fitp.add_argument('--autocrine', action='store_true',
+                      help='Let a cell signal to itself too.')
     fitp.add_argument('--tile-size', type=float, default=None,
-                      help='train on square spatial tiles of this side (halo of one '
-                           'neighbour hop); the unit of data parallelism')
+                      help='Train on square spatial tiles of this side (halo of one '
+                           'neighbour hop); the unit of data parallelism (default: '
+                           'the whole tissue).')
+    fitp.add_argument('--tiles-per-step', type=int, default=1,
+                      help='Tiles (jobs) per optimiser step on each process; N '
+                           'processes with --distributed take the same steps as one '
+                           'process with N times this.')
     fitp.add_argument('--distributed', action='store_true',
-                      help='data-parallel training over tiles with torch.distributed; '
+                      help='Data-parallel training over tiles with torch.distributed; '
                            'launch with: torchrun --nproc_per_node=N -m torch_staged.cli '
                            'fit --distributed --tile-size S ...')
-    fitp.add_argument('--epochs', type=int, default=50)
-    fitp.add_argument('--lr', type=float, default=0.01)
+
+
+def _add_fit_training(fitp) -> None:
+    fitp.add_argument('--epochs', type=int, default=50,
+                      help='Epochs to train (with --resume: the new total).')
+    fitp.add_argument('--lr', type=float, default=0.01, help='Adam learning rate.')
     fitp.add_argument('--loss', default='one_step', choices=('one_step', 'window',
-                                                             'rollout'))
+                                                             'rollout'),
+                      help='One-step, windowed (multiple shooting) or free rollout loss.')
     fitp.add_argument('--holdout', type=int, default=2,
-                      help='final time points held out (0: none)')
+                      help='Final time points held out (0: none).')
     fitp.add_argument('--patience', type=int, default=None,
-                      help='early stopping patience (default: none)')
-    fitp.add_argument('--hidden', type=int, default=16)
-    fitp.add_argument('--mlp', type=int, default=32)
-    fitp.add_argument('--type-dim', type=int, default=4)
+                      help='Early stopping after this many epochs without a better '
+                           'held-out loss (default: never).')
+    fitp.add_argument('--divergence', type=float, default=1e4,
+                      help='Stop when the loss exceeds this many times the data\'s '
+                           'scale (0: only on NaN/Inf).')
+    fitp.add_argument('--hidden', type=int, default=16,
+                      help='Hidden channels of the attention layer.')
+    fitp.add_argument('--mlp', type=int, default=32,
+                      help='Hidden channels of the per-type MLP.')
+    fitp.add_argument('--type-dim', type=int, default=4,
+                      help='Cell-type embedding size (0: none).')
     fitp.add_argument('--method', default='dopri5',
-                      help='torchdiffeq solver (dopri5, rk4, euler, ...)')
+                      help='torchdiffeq solver (dopri5, rk4, euler, ...).')
     fitp.add_argument('--step-size', type=float, default=None,
-                      help='step of a fixed-step solver (rk4, euler; default: '
-                           'the observation grid)')
-    fitp.add_argument('--rtol', type=float, default=1e-3)
-    fitp.add_argument('--atol', type=float, default=1e-4)
-    fitp.add_argument('--seed', type=int, default=0)
+                      help='Step of a fixed-step solver (rk4, euler; default: the '
+                           'observation grid).')
+    fitp.add_argument('--rtol', type=float, default=1e-3,
+                      help='Relative tolerance of an adaptive solver.')
+    fitp.add_argument('--atol', type=float, default=1e-4,
+                      help='Absolute tolerance of an adaptive solver.')
+    fitp.add_argument('--seed', type=int, default=0,
+                      help='Seed of the initialisation, the job order and the OT.')
+
+
+def _add_fit(sub) -> None:
+    fitp = sub.add_parser('fit', formatter_class=_FORMAT,
+                          help='Fit STAGED on a long-format .h5ad into a run directory.',
+                          description='Fit STAGED on long-format AnnData (one row per '
+                          'cell and time). The run directory gets run.json (written '
+                          'first, with the status), checkpoint.pt and history.json '
+                          '(every epoch), metrics.json, the prior tables, the '
+                          'interaction tables and figures. An interrupted run is '
+                          'continued with --resume RUN.')
+    _add_fit_inputs(fitp)
+    _add_fit_graph(fitp)
+    _add_fit_training(fitp)
     _add_common(fitp)
     fitp.set_defaults(handler=_fit)
 
-    pred = sub.add_parser('predict', help="Write a run's predictions and interaction "
-                          'strengths into an .h5ad.')
-    _add_run_inputs(pred)
-    pred.add_argument('--method', default='jacobian', choices=('jacobian', 'attention'),
-                      help='interaction strength')
-    _add_common(pred)
-    pred.set_defaults(handler=_predict)
 
-    pert = sub.add_parser('perturb', help='In-silico knockout / overexpression / '
-                          'signalling removal with a fitted run.',
+def _add_perturb(sub) -> None:
+    pert = sub.add_parser('perturb', formatter_class=_FORMAT,
+                          help='In-silico knockout / overexpression / signalling '
+                          'removal with a fitted run.',
                           description='Simulate the fitted model from each cell\'s '
                           'first observed state with and without a perturbation; writes '
                           'layers KEY_perturbed, KEY_baseline, KEY_delta to OUT, and '
                           'OUT_response.png / OUT_response.csv.')
     _add_run_inputs(pert)
-    pert.add_argument('--knockout', nargs='+', metavar='GENE', help='genes clamped to 0')
+    pert.add_argument('--knockout', nargs='+', metavar='GENE',
+                      help='Genes clamped to 0.')
     pert.add_argument('--overexpress', nargs='+', metavar='GENE=VALUE',
-                      help='genes clamped to a value')
+                      help='Genes clamped to a value.')
     pert.add_argument('--cell-types', nargs='+', metavar='TYPE',
-                      help='perturb only these cell types (default: all cells)')
+                      help='Perturb only these cell types (default: all cells).')
     pert.add_argument('--cells', nargs='+', metavar='ID',
-                      help='perturb only these cell ids')
+                      help='Perturb only these cell ids (default: all cells).')
     pert.add_argument('--lr-pair', nargs='+', metavar='LIGAND:RECEPTOR',
-                      help='remove these pairs\' signalling into the selected cells')
+                      help='Remove these pairs\' signalling into the selected cells.')
     pert.add_argument('--remove-senders', nargs='+', metavar='TYPE',
-                      help='silence all signalling sent by these cell types')
-    pert.add_argument('--top', type=int, default=6, help='genes in the response figure')
+                      help='Silence all signalling sent by these cell types.')
+    pert.add_argument('--top', type=int, default=6, help='Genes in the response figure.')
     _add_common(pert)
     pert.set_defaults(handler=_perturb)
 
-    demo = sub.add_parser('demo', help='Fit STAGED end to end on built-in simulated '
-                          'data and write metrics and figures.')
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``torch-staged``."""
+    parser = _Parser(
+        prog='torch-staged', formatter_class=_FORMAT,
+        description='STAGED graph neural ODEs of cell-cell communication.')
+    sub = parser.add_subparsers(dest='command', required=True, parser_class=_Parser)
+    _add_simulate(sub)
+    _add_fit(sub)
+
+    pred = sub.add_parser('predict', formatter_class=_FORMAT,
+                          help="Write a run's predictions and interaction strengths "
+                          'into an .h5ad.',
+                          description="Predict every cell's expression over the "
+                          "observed times with a fitted run (from each cell's first "
+                          "observed state) and write the predictions "
+                          "(layers['KEY_pred']), the interaction tables (uns['KEY']) "
+                          'and the per-edge signalling strengths (obsp) into OUT.')
+    _add_run_inputs(pred)
+    pred.add_argument('--method', default='jacobian', choices=('jacobian', 'attention'),
+                      help='How interaction strengths are measured: exact per-edge '
+                           'Jacobians or attention weights.')
+    _add_common(pred)
+    pred.set_defaults(handler=_predict)
+    _add_perturb(sub)
+
+    demo = sub.add_parser('demo', formatter_class=_FORMAT,
+                          help='Fit STAGED end to end on built-in simulated data and '
+                          'write metrics and figures.',
+                          description='Simulate the default ground-truth tissue, fit '
+                          'STAGED and two baselines, and write metrics.json, '
+                          'checkpoints and figures to OUT.')
     demo.add_argument('--out', default='runs/demo', help='Output folder.')
-    demo.add_argument('--cells', type=int, default=300, help='simulated cells')
-    demo.add_argument('--genes', type=int, default=20, help='simulated genes')
-    demo.add_argument('--epochs', type=int, default=30)
+    demo.add_argument('--cells', type=int, default=300, help='Simulated cells.')
+    demo.add_argument('--genes', type=int, default=20, help='Simulated genes.')
+    demo.add_argument('--epochs', type=int, default=30, help='Epochs of each fit.')
     demo.add_argument('--holdout', type=int, default=4,
-                      help='held-out final time points')
-    demo.add_argument('--seed', type=int, default=0)
-    demo.add_argument('--threads', type=int, default=1)
-    demo.add_argument('--quiet', action='store_true', help='No progress bar.')
+                      help='Held-out final time points.')
+    demo.add_argument('--seed', type=int, default=0, help='Random seed.')
+    _add_common(demo, device=False)
     demo.set_defaults(handler=_demo)
     return parser
 
@@ -718,7 +1144,7 @@ def _one_line(err: BaseException) -> str:
     text = str(err) or type(err).__name__
     if isinstance(err, KeyError) and len(err.args) == 1:
         text = f'missing key {err.args[0]!r}'
-    return ' '.join(text.split())
+    return _flag_words(' '.join(text.split()))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -740,6 +1166,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             IntegrationError) as err:
         print(f'torch-staged {args.command}: error: {_one_line(err)}', file=sys.stderr)
         return 2
+    except _Interrupted:
+        return 130
     except KeyboardInterrupt:
         print(f'torch-staged {args.command}: interrupted', file=sys.stderr)
         return 130

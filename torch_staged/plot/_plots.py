@@ -108,9 +108,20 @@ def interaction_heatmaps(learned: pd.DataFrame, truth: pd.DataFrame,
     return _finish(fig, path)
 
 
-def spatial_signalling(pos, values, title: str = '', cell_type=None, path=None):
+def spatial_signalling(pos, values, title: str = '', cell_type=None, path=None,
+                       type_names: Optional[Sequence[str]] = None):
     """A map of the tissue coloured by a per-cell value (e.g. the incoming
-    strength of one ligand -> receptor pair).
+    strength of one ligand -> receptor pair), with each cell outlined in the
+    colour of its type and a legend of the types.
+
+    Args:
+        pos: ``[N, 2]`` cell positions.
+        values: ``[N]`` the value per cell (the fill colour).
+        title (str, optional): Title of the figure.
+        cell_type (optional): ``[N]`` integer cell-type codes (outline colours).
+        path (str, optional): Where to save the PNG.
+        type_names (list, optional): Names of the type codes in the legend
+            (default: ``type 0``, ``type 1``, ...).
     """
     plt = _plt()
     pos, values = _np(pos), _np(values)
@@ -118,10 +129,17 @@ def spatial_signalling(pos, values, title: str = '', cell_type=None, path=None):
     sc = ax.scatter(pos[:, 0], pos[:, 1], c=values, s=18, cmap='magma',
                     edgecolors='none')
     if cell_type is not None:
-        for code in np.unique(_np(cell_type)):
-            sel = _np(cell_type) == code
+        codes = _np(cell_type)
+        for code in np.unique(codes):
+            sel = codes == code
+            label = (str(type_names[int(code)]) if type_names is not None
+                     and int(code) < len(type_names) else f'type {int(code)}')
             ax.scatter(pos[sel, 0], pos[sel, 1], s=40, facecolors='none',
-                       edgecolors=f'C{int(code) % 10}', linewidths=0.4)
+                       edgecolors=f'C{int(code) % 10}', linewidths=0.4, label=label)
+        legend = ax.legend(title='cell type (outline)', fontsize=7, title_fontsize=7,
+                           loc='upper left', bbox_to_anchor=(1.25, 1.0), frameon=False)
+        for handle in getattr(legend, 'legend_handles', None) or legend.legendHandles:
+            handle.set_linewidth(1.5)
     fig.colorbar(sc, ax=ax, shrink=0.8)
     ax.set_title(title, fontsize=9)
     ax.set_aspect('equal')
