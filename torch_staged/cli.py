@@ -400,9 +400,10 @@ def _check_new_run(args: argparse.Namespace) -> None:
                        f"continue it with --resume {args.out}, or pass --overwrite "
                        f"to replace it")
     for name in RUN_FILES:  # --overwrite: nothing of the old run survives
-        path = os.path.join(args.out, name)
-        if os.path.isfile(path):
-            os.remove(path)
+        try:
+            os.remove(os.path.join(args.out, name))
+        except FileNotFoundError:  # never written, or removed by another rank
+            pass
 
 
 def _fit(args: argparse.Namespace) -> None:

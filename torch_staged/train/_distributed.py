@@ -4,10 +4,15 @@ unit of parallelism.
 Launch one process per GPU (or per CPU worker) with ``torchrun``; every process
 builds (or loads) the same model and the same list of tiles and calls
 :func:`torch_staged.train.fit` with ``distributed=True``. Rank ``r`` of ``W``
-trains on the tiles ``tiles[r::W]``; after every backward pass the gradients
-are summed over the ranks (one ``all_reduce`` of a flat buffer), so every rank
-takes the same optimiser step and the parameters stay identical. Rank 0 writes
-checkpoints and the history; all ranks resume from the same checkpoint.
+holds the tiles ``tiles[r::W]``. The (tile, window) jobs are shuffled
+identically on every rank and cut into optimiser steps of
+``tiles_per_step * W`` jobs, exactly as one process with that
+``tiles_per_step`` would; in each step a rank solves the jobs of its own tiles,
+and the gradients are summed over the ranks (one ``all_reduce`` of a flat
+buffer), so every rank takes the same optimiser step, the parameters stay
+identical, and they equal the one-process parameters for every loss mode (up
+to floating-point summation order). Rank 0 writes checkpoints and the history;
+all ranks resume from the same checkpoint.
 
 A minimal ``torchrun`` script::
 
