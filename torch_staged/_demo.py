@@ -62,7 +62,7 @@ def run_demo(out: str, *, epochs: int = 30, holdout: int = 4, seed: int = 0,
                            hidden_channels=16, mlp_channels=32, type_dim=4)
         start = time.perf_counter()
         result = fit(model, data, epochs=epochs, lr=lr, holdout_size=holdout,
-                     patience=None, progress=progress,
+                     patience=None, progress=progress, desc=name,
                      checkpoint=os.path.join(out, f'{name}.pt'))
         with torch.no_grad():
             pred = model(data, t[last:], X[last])[1:]
@@ -133,6 +133,7 @@ def _figures(out, data, X, t, last, truth, fitted, histories, predictions):
                                 title=f'learned incoming {pairs[pair][0]}->{pairs[pair][1]}'
                                       ' signalling (|Jacobian|)',
                                 cell_type=data['cell'].cell_type,
+                                type_names=list(data.cell_type_names),
                                 path=os.path.join(out, 'spatial_signalling.png'))
         plt.close('all')
 

@@ -107,6 +107,7 @@ def spatial_edge_map(data, edge_score: Tensor, ligand: str, receptor: str,
     incoming = incoming_per_cell(data, edge_score, pair)
     return spatial_signalling(
         data[CELL].pos, incoming, cell_type=data[CELL].cell_type,
+        type_names=list(data.cell_type_names),
         title=title or f'learned incoming {ligand}->{receptor} signalling', path=path)
 
 

@@ -561,10 +561,6 @@ def fit(
         if mode == 'log' and main:
             print(line, file=sys.stderr, flush=True)
         logger.info(line)
-        if history_path is not None and main:
-            _write_json_atomic(history_path, _history(result, fit_config))
-        if callback is not None:
-            callback(record)
         stop = patience is not None and bad_epochs >= patience
         if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0 or stop
                                        or epoch == epochs - 1):
@@ -580,6 +576,11 @@ def fit(
                              generator=generator.get_state())))
             if world > 1:
                 dist.barrier()  # the checkpoint is complete before anyone goes on
+        # after the checkpoint, so that the history never runs ahead of it
+        if history_path is not None and main:
+            _write_json_atomic(history_path, _history(result, fit_config))
+        if callback is not None:
+            callback(record)
         if stop:
             result.stopped_early = True
             break
