@@ -115,6 +115,7 @@ def _read_traj(adata, run: dict, lr_pairs, grn, genes=None, cell_types=None):
         type_key=keys['type_key'], spatial_key=keys['spatial_key'],
         layer=keys['layer'], genes=genes, lr_pairs=lr_pairs, grn=grn,
         neighbors=neighbors, cell_types=cell_types,
+        library_key=keys.get('library_key'),
         allow_negative=run.get('allow_negative', False),
         missing_genes=run.get('missing_genes', 'raise'),
         **{k: v for k, v in graph.items() if v is not None})
@@ -424,13 +425,18 @@ def _fit(args: argparse.Namespace) -> None:
     keys = {'--time-key': args.time_key, '--type-key': args.type_key}
     if not args.snapshots:
         keys['--cell-key'] = args.cell_key
+    if args.library_key is not None:
+        keys['--library-key'] = args.library_key
+    if args.align is not None and not (args.snapshots and args.library_key):
+        raise CLIError("--align needs --snapshots and --library-key (it aligns the "
+                       "sections of consecutive times)")
     _check_obs_keys(adata, keys, args.spatial_key, args.layer)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     genes = _panel(args, adata)
     run = _new_run(args)
     if args.snapshots:
-        run['snapshots'] = dict(run['keys'], seed=args.seed)
+        run['snapshots'] = dict(run['keys'], seed=args.seed, align=args.align)
         _log(args, 'linking snapshots into trajectories (optimal transport) ...')
         adata = _infer(adata, run, genes)
         os.makedirs(args.out, exist_ok=True)
@@ -508,7 +514,7 @@ def _new_run(args: argparse.Namespace) -> dict:
         format=RUN_FORMAT, status='running',
         keys=dict(cell_key=args.cell_key, time_key=args.time_key,
                   type_key=args.type_key, spatial_key=args.spatial_key,
-                  layer=args.layer),
+                  layer=args.layer, library_key=args.library_key),
         graph=graph, allow_negative=args.allow_negative,
         missing_genes=args.missing_genes, snapshots=None)
 
@@ -665,6 +671,12 @@ def _metrics(args, model, result, seconds: float, device, traj, data, X, t) -> d
     if heldout is not None:
         metrics['heldout_r2'] = float(r2_score(heldout, X[last + 1:]))
         metrics['heldout_mse'] = float(((heldout - X[last + 1:]) ** 2).mean())
+    if 'batch' in data['cell'] and getattr(data, 'section_names', None):
+        section = data['cell'].batch.cpu()
+        metrics['sections'] = {
+            str(name): dict(cells=int((section == b).sum()), rollout_r2=float(r2_score(
+                rollout[1:, section == b], X[1:, section == b])))
+            for b, name in enumerate(data.section_names)}
     return {k: (None if isinstance(v, float) and v != v else v)
             for k, v in metrics.items()}
 
@@ -741,6 +753,8 @@ def _infer(adata, run: dict, genes):
     out = infer_trajectories(adata, snap['time_key'], cell_key=cell_key,
                              type_key=snap['type_key'], spatial_key=snap['spatial_key'],
                              layer=snap['layer'], genes=genes,
+                             library_key=snap.get('library_key'),
+                             align=snap.get('align'),
                              allow_negative=run.get('allow_negative', False),
                              seed=snap.get('seed', 0))
     if cell_key is None and snap['cell_key'] != 'cell_id':
@@ -760,12 +774,16 @@ def _read_for_run(args, run, lr_pairs, grn):
     if missing:
         raise CLIError(f"{len(missing)} gene(s) of the model's panel are not in "
                        f"adata.var_names, e.g. {missing[:10]}")
+    if keys.get('library_key'):
+        checked['library key'] = keys['library_key']
+        _check_obs_keys(adata, checked, keys['spatial_key'], keys['layer'])
+    original = adata  # results go back onto the user's own rows
     if run.get('snapshots'):
         _log(args, 'linking snapshots into trajectories (optimal transport) ...')
         adata = _infer(adata, run, run['genes'])
     traj = _read_traj(adata, run, lr_pairs, grn, genes=run['genes'],
                       cell_types=run['cell_types'])
-    return adata, traj
+    return original, adata, traj
 
 
 def _predict(args: argparse.Namespace) -> None:
@@ -778,7 +796,7 @@ def _predict(args: argparse.Namespace) -> None:
         raise CLIError(f"--out '{args.out}' must end in .h5ad")
     torch.set_num_threads(args.threads)
     run, model, lr_pairs, grn = _load_run(args.run, device)
-    adata, traj = _read_for_run(args, run, lr_pairs, grn)
+    adata, _, traj = _read_for_run(args, run, lr_pairs, grn)
     _log(args, f'predicting {traj.num_cells} cells x {traj.num_times} times ...')
     out = write_results(adata, model, traj, key_added=args.key_added,
                         method=args.method, model_genes=run['genes'],
@@ -842,7 +860,7 @@ def _perturb(args: argparse.Namespace) -> None:
         if name not in types:
             raise CLIError(f"cell type '{name}' is not one of the model's cell types "
                            f"{types}")
-    adata, traj = _read_for_run(args, run, lr_pairs, grn)
+    _, adata, traj = _read_for_run(args, run, lr_pairs, grn)
     known = {(str(a), str(b)) for a, b in traj.data.lr_pairs}
     for pair in pairs:
         if pair not in known:
@@ -985,6 +1003,14 @@ def _add_fit_inputs(fitp) -> None:
     fitp.add_argument('--grn', default=None,
                       help='CSV prior GRN (source, target[, cell_type]) (default: all '
                            'gene pairs).')
+    fitp.add_argument('--library-key', default=None,
+                      help='obs column naming the section / sample of every row (scverse '
+                           'library_key): one block-diagonal graph with no edges between '
+                           'sections, per-section tiles and per-section metrics.')
+    fitp.add_argument('--align', choices=['rigid', 'affine'], default=None,
+                      help='With --snapshots and --library-key: align the sections of '
+                           'consecutive times (fused Gromov-Wasserstein + Procrustes) '
+                           'before linking them.')
     fitp.add_argument('--snapshots', action='store_true',
                       help='Different cells at each time (spatial snapshots): link '
                            'them into trajectories by optimal transport first '

@@ -220,3 +220,44 @@ def test_snapshots_chain(tmp_path):
     pert = ad.read_h5ad(tmp_path / 'pert.h5ad')
     assert pert.n_obs == 15 * 5  # anchors (half the cells) x times
     assert np.isfinite(pert.layers['staged_delta']).all()
+
+
+def test_snapshot_predict_lands_on_every_input_row(tmp_path):
+    # issue 14 item 5: every input row gets its prediction under its own name
+    data = tmp_path / 'snap.h5ad'
+    assert main(['simulate', '--out', str(data), '--cells', '30', '--genes', '8',
+                 '--pairs', '2', '--decoy-pairs', '1', '--k', '5', '--times', '4',
+                 '--snapshot']) == 0
+    user = ad.read_h5ad(data)
+    user.obs_names = [f'barcode{i}' for i in range(user.n_obs)]
+    user.obs['batch_note'] = 'kept'
+    user.write_h5ad(data)
+    run = tmp_path / 'RUN'
+    assert main(['fit', str(data), '--snapshots', '--lr-pairs',
+                 str(tmp_path / 'snap_lr_pairs.csv'), '--out', str(run)] + FIT_FAST) == 0
+    assert main(['predict', str(run), str(data), '--out', str(tmp_path / 'p.h5ad'),
+                 '--quiet']) == 0
+    out = ad.read_h5ad(tmp_path / 'p.h5ad')
+    assert list(out.obs_names) == list(user.obs_names)
+    assert (out.obs['batch_note'] == 'kept').all()
+    assert np.isfinite(out.layers['staged_pred']).all()
+
+
+def test_library_key_fit_reports_every_section(tmp_path):
+    data = tmp_path / 'sec.h5ad'
+    assert main(['simulate', '--out', str(data), '--cells', '40', '--genes', '8',
+                 '--pairs', '2', '--decoy-pairs', '1', '--k', '4', '--times', '4']) == 0
+    adata = ad.read_h5ad(data)
+    adata.obs['section'] = np.where(adata.obs['cell_id'].to_numpy() < 20, 's1', 's2')
+    adata.write_h5ad(data)
+    run = tmp_path / 'RUN'
+    assert main(['fit', str(data), '--library-key', 'section', '--lr-pairs',
+                 str(tmp_path / 'sec_lr_pairs.csv'), '--out', str(run)] + FIT_FAST) == 0
+    metrics = json.loads((run / 'metrics.json').read_text())
+    assert set(metrics['sections']) == {'s1', 's2'}
+    assert sum(s['cells'] for s in metrics['sections'].values()) == 40
+    assert json.loads((run / 'run.json').read_text())['keys']['library_key'] == 'section'
+    code = main(['fit', str(data), '--library-key', 'nope', '--lr-pairs',
+                 str(tmp_path / 'sec_lr_pairs.csv'), '--out', str(tmp_path / 'R2')]
+                + FIT_FAST)
+    assert code == 2
