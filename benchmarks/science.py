@@ -39,7 +39,7 @@ SHOWN = [('heldout_mse', 'held-out MSE', '{:.4f}'), ('persistence_mse', 'persist
          ('rollout_r2', 'rollout R2', '{:.3f}'), ('intra_auroc', 'GRN AUROC', '{:.3f}'),
          ('intra_sign_accuracy', 'GRN sign acc.', '{:.2f}'),
          ('inter_auroc', 'L-R AUROC', '{:.3f}'), ('true_pair_rank', 'true pair rank', '{:.1f}'),
-         ('fit_seconds', 'fit s', '{:.1f}')]
+         ('fit_cpu_seconds', 'fit CPU s', '{:.1f}')]
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
