@@ -116,3 +116,41 @@ def test_nan_guard_names_time_and_remedy():
         model.func.bias2.fill_(1e38)  # float32 overflows within one rk4 step
     with pytest.raises(IntegrationError, match=r'NaN/Inf at time index \d.*learning rate'):
         model(data, torch.linspace(0, 5, 6))
+
+
+@pytest.mark.parametrize('normalize', ['softmax', 'gate'])
+def test_stacked_intervals_equal_one_by_one(normalize):
+    # solve_intervals / rates: C copies of the graph in one solve equal C solves,
+    # in outputs and gradients (float64); repeat() keeps per-relation edge order
+    torch.manual_seed(0)
+    data = random_tissue(10, 4, num_cell_types=2, num_pairs=2, k=3, seed=3)
+    model = STAGED(4, 2, hidden_channels=4, mlp_channels=8, heads=2, augment=1,
+                   attention='gatv2', normalize=normalize, rtol=1e-10,
+                   atol=1e-10).double()
+    x0 = torch.randn(3, 10, 4, dtype=torch.float64)
+    dt = torch.tensor([0.5, 0.2, 0.3], dtype=torch.float64)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def both(stacked):
+        out = (model.solve_intervals(data, x0, dt) if stacked else torch.stack([
+            model(data, torch.tensor([0.0, float(d)], dtype=torch.float64), x)[-1]
+            for x, d in zip(x0, dt)]))
+        rates = (model.rates(data, x0) if stacked else torch.stack([
+            model.func.set_graph(data)(torch.tensor(0.0), model.initial_state(
+                data, x))[:, 0].view(10, 4) for x in x0]))
+        grads = torch.autograd.grad((out.sin().sum() + rates.cos().sum()), params)
+        return out, rates, grads
+
+    out, rates, grads = both(True)
+    ref_out, ref_rates, ref_grads = both(False)
+    assert torch.allclose(out, ref_out, atol=1e-8)
+    assert torch.allclose(rates, ref_rates, atol=1e-12)
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r, atol=1e-7)
+    fused = model.func.set_graph(data).graph
+    three = fused.repeat(3)
+    for one, rel in zip(fused.relation_edge_index(), three.relation_edge_index()):
+        copies = [one + c * fused.num_nodes for c in range(3)]
+        assert torch.equal(rel, torch.cat(copies, dim=1))
+    with pytest.raises(ValueError, match='positive durations'):
+        model.solve_intervals(data, x0, torch.tensor([0.5, 0.0, 0.3]))

@@ -61,6 +61,8 @@ class STAGED(torch.nn.Module):
         normalize (str, optional): ``'softmax'`` attention or ``'gate'``
             (signed tanh gates per edge; see :class:`~torch_staged.nn.STAGEDConv`).
             (default: :obj:`'softmax'`)
+        pair_dim (int, optional): Rank of the gene-pair score term of the
+            layer (see :class:`~torch_staged.nn.STAGEDConv`). (default: :obj:`0`)
 
     Shapes:
         - **input:** a tissue graph with :math:`N` cells, times :math:`(T)`,
@@ -74,7 +76,7 @@ class STAGED(torch.nn.Module):
                  act: str = 'smooth_leaky_relu', signalling: bool = True,
                  backend: str = 'native', method: str = 'dopri5', rtol: float = 1e-3,
                  atol: float = 1e-4, options: Optional[Dict[str, Any]] = None,
-                 adjoint: bool = False, normalize: str = 'softmax'):
+                 adjoint: bool = False, normalize: str = 'softmax', pair_dim: int = 0):
         super().__init__()
         if not isinstance(augment, int) or augment < 0:
             raise ValueError(f"'augment' must be an integer >= 0 (got {augment!r})")
@@ -93,7 +95,8 @@ class STAGED(torch.nn.Module):
                             augment=augment, attention=attention, act=act,
                             signalling=signalling, backend=backend,
                             method=method, rtol=rtol, atol=atol,
-                            options=self.options, adjoint=adjoint, normalize=normalize)
+                            options=self.options, adjoint=adjoint, normalize=normalize,
+                            pair_dim=pair_dim)
         self.func = STAGEDODEFunc(num_genes, num_cell_types, channels=1 + augment,
                                   hidden_channels=hidden_channels,
                                   mlp_channels=mlp_channels, heads=heads,
@@ -101,8 +104,9 @@ class STAGED(torch.nn.Module):
                                   edge_dim=edge_dim,
                                   attention=attention, act=act, backend=backend,
                                   relations=RELATIONS if signalling else (REGULATES, ),
-                                  normalize=normalize)
+                                  normalize=normalize, pair_dim=pair_dim)
         self.signalling = signalling
+        self._repeated = None
 
     @property
     def config(self) -> Dict[str, Any]:
@@ -145,19 +149,23 @@ class STAGED(torch.nn.Module):
             x0 = torch.cat([x0, x0.new_zeros(num_nodes, self.augment)], dim=-1)
         return x0
 
-    def integrate(self, state: Tensor, t: Tensor) -> Tensor:
+    def integrate(self, state: Tensor, t: Tensor, func: Optional[torch.nn.Module] = None,
+                  options: Optional[Dict[str, Any]] = None) -> Tensor:
         r"""Integrates a full solver state ``[N*G, F]`` over :obj:`t`; returns
         ``[T, N*G, F]``. The graph must be set (:meth:`forward` does it).
+        :obj:`func` and :obj:`options` replace the vector field and the solver
+        options (used by :meth:`solve_intervals`).
         """
         t = t.to(state)
         solve = odeint_adjoint if self.adjoint else odeint
+        options = self.options if options is None else options
         kwargs = dict(method=self.method, rtol=self.rtol, atol=self.atol,
-                      options=self.options or None)
+                      options=options or None)
         if self.adjoint:
             kwargs['adjoint_params'] = tuple(p for p in self.parameters()
                                              if p.requires_grad)
         try:
-            out = solve(self.func, state, t, **kwargs)
+            out = solve(self.func if func is None else func, state, t, **kwargs)
         except AssertionError as err:  # torchdiffeq's step-size underflow
             raise IntegrationError(
                 f"The ODE solver failed ({err}) after {self.func.nfe} evaluations: "
@@ -172,6 +180,83 @@ class STAGED(torch.nn.Module):
                 "Try a smaller learning rate or step size, tighter tolerances, "
                 "gradient clipping, or standardised expression")
         return out
+
+    def solve_intervals(self, graph, x0: Tensor, dt: Tensor) -> Tensor:
+        r"""Solves :math:`C` independent initial-value problems on the same tissue
+        as **one** stacked solve: problem :math:`c` starts from
+        :math:`\mathbf{x}_c` and runs for :math:`\Delta t_c`.
+
+        The :math:`C` states are the block-diagonal copies of the graph
+        (:meth:`~torch_staged.nn.FusedGeneGraph.repeat`) and the time is
+        rescaled to :math:`s \in [0, 1]`,
+
+        .. math::
+            \frac{d\mathbf{x}_c}{ds} = \Delta t_c \, f_\theta(\mathbf{x}_c),
+
+        which is exact because :math:`f_\theta` does not depend on time. One
+        solver call and one backward pass replace :math:`C`; the adaptive step
+        follows the hardest copy. (Clamped cells need their own times: solve
+        those one by one with :meth:`forward`.)
+
+        Args:
+            graph: The tissue (:class:`~torch_geometric.data.HeteroData` or fused).
+            x0 (Tensor): ``[C, N*G]`` or ``[C, N, G]`` initial expression (graph
+                cell order).
+            dt (Tensor): ``[C]`` positive durations.
+
+        Returns:
+            The expression after :math:`\Delta t_c`, shaped like :obj:`x0`.
+        """
+        copies = x0.size(0)
+        dt = dt.to(self.func.decay).reshape(-1)
+        if dt.numel() != copies or not bool((dt > 0).all()):
+            raise ValueError(f"'dt' must hold {copies} positive durations, one per "
+                             f"initial state (got {dt.tolist()})")
+        self._set_copies(graph, copies)
+        fused = self._repeated[3]
+        state = self._stacked_state(x0)
+        scale = dt.repeat_interleave(fused.num_nodes).unsqueeze(-1)
+        options = dict(self.options)
+        if 'step_size' in options:  # the same largest step in real time
+            options['step_size'] = float(options['step_size']) / float(dt.max())
+        rescaled = _Rescaled(self.func, scale)
+        s = torch.tensor([0.0, 1.0], dtype=state.dtype, device=state.device)
+        out = self.integrate(state, s, func=rescaled, options=options)
+        self.func.set_graph(fused)
+        return out[-1, :, 0].reshape(x0.shape)
+
+    def rates(self, graph, x: Tensor) -> Tensor:
+        r"""The rates of change :math:`f_\theta(\mathbf{x}_c)` of :math:`C`
+        expression states of the same tissue in **one** evaluation of the
+        vector field (block-diagonal copies of the graph; latent channels,
+        if any, start at 0).
+
+        Args:
+            graph: The tissue (:class:`~torch_geometric.data.HeteroData` or fused).
+            x (Tensor): ``[C, N*G]`` or ``[C, N, G]`` expression (graph cell order).
+
+        Returns:
+            :math:`d\mathbf{x}/dt` of the expression channel, shaped like :obj:`x`.
+        """
+        self._set_copies(graph, x.size(0))
+        state = self._stacked_state(x)
+        out = self.func(torch.zeros((), dtype=state.dtype, device=state.device), state)
+        self.func.set_graph(self._repeated[3])
+        return out[:, 0].reshape(x.shape)
+
+    def _set_copies(self, graph, copies: int) -> None:
+        """Sets the graph of :obj:`copies` copies of :obj:`graph` (cached)."""
+        fused = self.func.set_graph(graph).graph
+        cached = self._repeated  # (edge index, copies, repeated graph, graph)
+        if cached is None or cached[0] is not fused.edge_index or cached[1] != copies:
+            self._repeated = (fused.edge_index, copies, fused.repeat(copies), fused)
+        self.func.set_graph(self._repeated[2])
+
+    def _stacked_state(self, x: Tensor) -> Tensor:
+        state = x.reshape(-1, 1).to(self.func.decay)
+        if self.augment:
+            state = torch.cat([state, state.new_zeros(state.size(0), self.augment)], -1)
+        return state
 
     def forward(self, data, t: Tensor, x0: Optional[Tensor] = None) -> Tensor:
         r"""Integrates from :obj:`x0` ``[N, G]`` at :obj:`t[0]` and returns the
@@ -192,6 +277,18 @@ class STAGED(torch.nn.Module):
         return (f'{self.__class__.__name__}(num_genes={self.num_genes}, '
                 f'num_cell_types={self.num_cell_types}, augment={self.augment}, '
                 f"method='{self.method}', adjoint={self.adjoint}{extra})")
+
+
+class _Rescaled(torch.nn.Module):
+    """``scale * func(t, x)``: a vector field on rescaled time."""
+
+    def __init__(self, func: torch.nn.Module, scale: Tensor):
+        super().__init__()
+        self.func = func
+        self.scale = scale
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        return self.func(t, x) * self.scale
 
 
 #: The baselines of the paper's ablations, as :class:`STAGED` keyword arguments.

@@ -83,6 +83,45 @@ class FusedGeneGraph(NamedTuple):
             fields[name] = value
         return FusedGeneGraph(**fields)
 
+    def repeat(self, copies: int) -> 'FusedGeneGraph':
+        r"""The block-diagonal union of :obj:`copies` copies of this graph (copy
+        :math:`c` holds gene nodes :math:`c \cdot NG, \dots, (c + 1) NG - 1`), so
+        that :math:`C` independent states of the same tissue are one state
+        ``[C*N*G, F]``. Each relation's edges are listed copy after copy.
+        """
+        if not isinstance(copies, int) or copies < 1:
+            raise ValueError(f"'copies' must be a positive integer (got {copies!r})")
+        if copies == 1:
+            return self
+        nodes, edges, R = self.num_nodes, self.num_edges, self.num_relations
+        offset = torch.arange(copies, device=self.gene.device).view(-1, 1)
+        src = (self.src.view(1, -1) + offset * nodes).reshape(-1)
+        slot = (self.slot.view(1, -1) + offset * (nodes * R)).reshape(-1)
+        ptr = (self.slot_ptr[:-1].view(1, -1) + offset * edges).reshape(-1)
+        ptr = torch.cat([ptr, ptr.new_full((1, ), copies * edges)])
+        # position of an edge in its relation's list, then in the new lists
+        sizes = torch.tensor(self.rel_sizes, device=self.perm.device)
+        starts = torch.cumsum(sizes, 0) - sizes
+        rel = torch.bucketize(self.perm, torch.cumsum(sizes, 0), right=True)
+        within = self.perm - starts[rel]
+        perm = (starts[rel] * copies + offset * sizes[rel] + within).reshape(-1)
+        type_perm, begin = [], 0
+        for size in self.type_sizes:
+            part = self.type_perm[begin:begin + size]
+            type_perm.append((part.view(1, -1) + offset * nodes).reshape(-1))
+            begin += size
+        type_perm = torch.cat(type_perm)
+        type_rank = torch.empty_like(type_perm)
+        type_rank[type_perm] = torch.arange(type_perm.numel(), device=type_perm.device)
+        return FusedGeneGraph(
+            edge_index=torch.stack([src, slot]), key=self.key.repeat(copies),
+            edge_attr=self.edge_attr.repeat(copies, 1), slot_ptr=ptr, perm=perm,
+            gene=self.gene.repeat(copies), node_type=self.node_type.repeat(copies),
+            type_perm=type_perm, type_rank=type_rank,
+            type_sizes=tuple(s * copies for s in self.type_sizes),
+            rel_sizes=tuple(s * copies for s in self.rel_sizes),
+            num_cell_types=self.num_cell_types)
+
     def per_type(self, value: Tensor, fn) -> Tensor:
         """Applies ``fn(cell_type, rows)`` to the rows of :obj:`value` (one row per
         gene node) of each cell type and returns the results in node order.

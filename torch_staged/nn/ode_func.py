@@ -64,6 +64,9 @@ class STAGEDODEFunc(torch.nn.Module):
         normalize (str, optional): ``'softmax'`` or ``'gate'`` (signed tanh
             gates per edge, see :class:`STAGEDConv`); ``attention='mean'``
             always averages. (default: :obj:`'softmax'`)
+        pair_dim (int, optional): Rank of the layer's gene-pair score term
+            (see :class:`STAGEDConv`; ignored with ``attention='mean'``).
+            (default: :obj:`0`)
 
     Shapes:
         - **input:** time :math:`()`, state :math:`(N G, F)` or :math:`(N G F)`
@@ -75,7 +78,8 @@ class STAGEDODEFunc(torch.nn.Module):
                  gene_dim: int = 8, type_dim: int = 0, edge_dim: int = 1,
                  attention: str = 'gat',
                  act: str = 'smooth_leaky_relu', backend: str = 'native',
-                 relations: Tuple[EdgeType, ...] = RELATIONS, normalize: str = 'softmax'):
+                 relations: Tuple[EdgeType, ...] = RELATIONS, normalize: str = 'softmax',
+                 pair_dim: int = 0):
         super().__init__()
         if not isinstance(mlp_channels, int) or mlp_channels < 1:
             raise ValueError(f"'mlp_channels' must be a positive integer "
@@ -92,7 +96,8 @@ class STAGEDODEFunc(torch.nn.Module):
                                edge_dim=edge_dim,
                                attention=conv_attention, act=act, backend=backend,
                                relations=relations,
-                               normalize='softmax' if attention == 'mean' else normalize)
+                               normalize='softmax' if attention == 'mean' else normalize,
+                               pair_dim=0 if attention == 'mean' else pair_dim)
         if attention == 'mean':
             # Uniform attention: freeze the score parameters at zero.
             for name in ('att_src', 'att_dst', 'att_edge'):

@@ -13,10 +13,22 @@ from torch import Tensor
 from torch_staged.typing import CELL, GENE, NEAR, REGULATES, SIGNALS, EdgeType
 
 
-def _scores(conv, key: int, h_src: Tensor, h_dst: Tensor, edge_term_in: Tensor) -> Tensor:
-    """Attention logits for every pair of rows of ``h_src [A, D]`` and ``h_dst [B, D]``
-    with pairwise edge attributes ``edge_term_in [A, B, D_e]``: ``[A, B, H]``.
+def _scores(conv, key: int, h_src: Tensor, h_dst: Tensor, edge_term_in: Tensor,
+            src_gene: Tensor, dst_gene: Tensor) -> Tensor:
+    """Attention logits for every pair of rows of ``h_src [A, D]`` (genes
+    ``src_gene [A]``) and ``h_dst [B, D]`` (genes ``dst_gene [B]``) with pairwise
+    edge attributes ``edge_term_in [A, B, D_e]``: ``[A, B, H]``.
     """
+    logits = _attention_scores(conv, key, h_src, h_dst, edge_term_in)
+    if conv.pair_dim:  # the gene-pair table, written out
+        p_src = conv.pair_src[key][src_gene]  # [A, H, d]
+        p_dst = conv.pair_dst[key][dst_gene]  # [B, H, d]
+        logits = logits + torch.einsum('ahd,bhd->abh', p_src, p_dst)
+    return logits
+
+
+def _attention_scores(conv, key: int, h_src: Tensor, h_dst: Tensor,
+                      edge_term_in: Tensor) -> Tensor:
     R, K, H, C = conv.num_relations, conv.num_cell_types, conv.heads, conv.out_channels
     D = conv.node_dim_in
     if conv.attention == 'gat':
@@ -90,7 +102,8 @@ def dense_staged_conv(conv, x: Tensor, data,
         mask = torch.zeros(G, G, dtype=torch.bool)
         own = (reg[1] // G) == c
         mask[reg[0, own] % G, reg[1, own] % G] = True
-        logits = _scores(conv, 0 * K + tau, h_c, h_c, h.new_zeros(G, G, De))
+        genes = torch.arange(G)
+        logits = _scores(conv, 0 * K + tau, h_c, h_c, h.new_zeros(G, G, De), genes, genes)
         alpha = _masked_softmax(logits, mask, conv.normalize)  # [G_src, G_dst, H]
         agg = torch.einsum('abh,ad->bhd', alpha, h_c)
         m_reg = torch.einsum('bhd,hdc->bhc', agg, conv.value[0, tau])
@@ -108,7 +121,8 @@ def dense_staged_conv(conv, x: Tensor, data,
             h_src = h[torch.tensor(senders)][:, lig].reshape(J * L, D)  # (j, l) rows
             dist = torch.tensor(dists, dtype=x.dtype).repeat_interleave(L)
             attr = dist.view(J * L, 1, 1).expand(J * L, G, De)
-            logits = _scores(conv, 1 * K + tau, h_src, h_c, attr)  # [J*L, G, H]
+            logits = _scores(conv, 1 * K + tau, h_src, h_c, attr, lig.repeat(J),
+                             torch.arange(G))  # [J*L, G, H]
             mask = (rec.repeat(J).view(-1, 1) == torch.arange(G).view(1, -1))
             alpha = _masked_softmax(logits, mask, conv.normalize)
             agg = torch.einsum('abh,ad->bhd', alpha, h_src)

@@ -22,7 +22,7 @@ from torch_staged.typing import CELL, GENE
 
 logger = logging.getLogger('torch_staged.train')
 
-LOSS_MODES = ('one_step', 'window', 'rollout')
+LOSS_MODES = ('one_step', 'window', 'rollout', 'derivative')
 HOLDOUTS = ('time', 'cells', None)
 SCHEDULERS = ('plateau', 'cosine', None)
 
@@ -144,11 +144,20 @@ def _prepare_units(data, X, t, holdout, holdout_size, cell_order, device, dtype,
     return units, times, last_train, len(graphs)
 
 
-def _solve_window(model: STAGED, unit: _Unit, times: Tensor, start: int, end: int
-                  ) -> Tensor:
-    """Predictions ``[end - start, N*G]`` at ``times[start + 1 .. end]``."""
+def _solve_window(model: STAGED, unit: _Unit, times: Tensor, start: int, end: int,
+                  stacked: bool = False) -> Tensor:
+    """Predictions ``[end - start, N*G]`` at ``times[start + 1 .. end]``: one
+    solve from ``times[start]``, or (:obj:`stacked`) the one-step predictions
+    from every observed time ``start .. end - 1``, solved as one stacked problem.
+    """
     if unit.fused is None:  # fuse each tile once, not at every step
         unit.fused = model.func.set_graph(unit.data).graph
+    if stacked and unit.clamp is None:
+        return model.solve_intervals(unit.fused, unit.traj[start:end],
+                                     times[start + 1:end + 1] - times[start:end])
+    if stacked:  # clamped halo cells follow their own times: one by one
+        return torch.cat([_solve_window(model, unit, times, k, k + 1)
+                          for k in range(start, end)])
     model.func.set_graph(unit.fused)
     if unit.clamp is not None:
         values = unit.traj.unsqueeze(-1)
@@ -176,13 +185,32 @@ def _json_ready(value):
     return str(value)
 
 
-def _zero_loss(unit: _Unit, loss_fn: Callable, a: int, b: int) -> float:
+def _zero_loss(unit: _Unit, loss_fn: Callable, a: int, b: int, target: Tensor
+               ) -> float:
     """The loss of predicting zero on window ``(a, b)``: the data's scale."""
     if (a, b) not in unit.zero_loss:
-        target = unit.traj[a + 1:b + 1]
         unit.zero_loss[(a, b)] = float(_masked_loss(
             loss_fn, torch.zeros_like(target), target, unit.loss_mask))
     return unit.zero_loss[(a, b)]
+
+
+def _predict(model: STAGED, unit: _Unit, times: Tensor, a: int, b: int, loss: str,
+             stacked: bool) -> Tuple[Tensor, Tensor]:
+    """Prediction and target ``[b - a, N*G]`` of the job on window ``(a, b)``.
+
+    ``loss='derivative'`` (gradient matching): the vector field at the
+    midpoints of the observed intervals against the finite differences,
+    :math:`f_\theta(\tfrac{1}{2}(\mathbf{x}_k + \mathbf{x}_{k+1})) \approx
+    (\mathbf{x}_{k+1} - \mathbf{x}_k) / (t_{k+1} - t_k)`.
+    """
+    if loss != 'derivative':
+        return (_solve_window(model, unit, times, a, b, stacked),
+                unit.traj[a + 1:b + 1])
+    if unit.fused is None:
+        unit.fused = model.func.set_graph(unit.data).graph
+    before, after = unit.traj[a:b], unit.traj[a + 1:b + 1]
+    slope = (after - before) / (times[a + 1:b + 1] - times[a:b]).unsqueeze(-1)
+    return model.rates(unit.fused, 0.5 * (before + after)), slope
 
 
 def _check_divergence(value: float, scale: float, divergence: Optional[float],
@@ -269,6 +297,7 @@ def fit(
     *,
     loss: str = 'one_step',
     window: int = 4,
+    batch_intervals: bool = True,
     epochs: int = 100,
     lr: float = 1e-2,
     weight_decay: float = 0.0,
@@ -302,7 +331,15 @@ def fit(
       :math:`t_{k+1}`;
     * ``'window'``: multiple shooting, from :math:`\mathbf{x}(t_k)` over the
       next :obj:`window` times, for :math:`k = 0, w, 2w, \dots`;
-    * ``'rollout'``: one free solve from :math:`\mathbf{x}(t_0)`.
+    * ``'rollout'``: one free solve from :math:`\mathbf{x}(t_0)`;
+    * ``'derivative'``: gradient matching without a solver (collocation,
+      Roesch et al., 2021): the vector field at the midpoint of every
+      observed interval against the finite difference,
+      :math:`\| f_\theta(\tfrac12(\mathbf{x}_k + \mathbf{x}_{k+1})) -
+      (\mathbf{x}_{k+1} - \mathbf{x}_k) / (t_{k+1} - t_k) \|^2`, all
+      intervals of a graph in one evaluation. Cheap, and biased when the
+      intervals are long compared with the dynamics: a warm start for
+      ``'one_step'``.
 
     Each (graph, window) pair is one job; the jobs are shuffled by :obj:`seed`
     and every :obj:`tiles_per_step` consecutive jobs make one optimiser step
@@ -324,6 +361,12 @@ def fit(
         t (Tensor, optional): ``[T]`` observation times.
         loss (str, optional): ``'one_step'``, ``'window'`` or ``'rollout'``.
         window (int, optional): Window length of ``'window'``. (default: :obj:`4`)
+        batch_intervals (bool, optional): With ``loss='one_step'``, solve all
+            intervals of a graph as **one** stacked problem (copies of the
+            graph, :meth:`STAGED.solve_intervals`) and take one optimiser step
+            per graph: a job is then a graph, not a (graph, interval) pair.
+            Memory grows with the number of intervals; :obj:`False` solves them
+            one by one, one step each. (default: :obj:`True`)
         epochs (int, optional): Maximum number of epochs. (default: :obj:`100`)
         lr (float, optional): Learning rate. (default: :obj:`1e-2`)
         weight_decay (float, optional): Adam weight decay. (default: :obj:`0`)
@@ -428,6 +471,9 @@ def fit(
     windows = _windows(loss, last_train, window)
     if not windows:
         raise ValueError("No training window: keep at least two training times")
+    stacked = loss == 'derivative' or (loss == 'one_step' and bool(batch_intervals))
+    if stacked:  # one job per graph: all its intervals at once
+        windows = [(0, last_train)]
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
@@ -440,7 +486,7 @@ def fit(
         sched = None
 
     fit_config = _json_ready(dict(
-        loss=loss, window=window, epochs=epochs, lr=lr, weight_decay=weight_decay,
+        loss=loss, window=window, batch_intervals=bool(batch_intervals), epochs=epochs, lr=lr, weight_decay=weight_decay,
         scheduler=scheduler, clip_grad=clip_grad, holdout=holdout,
         holdout_size=holdout_size, patience=patience, tiles_per_step=tiles_per_step,
         cell_order=cell_order, seed=seed, world_size=world,
@@ -492,18 +538,18 @@ def fit(
             for graph_id, (a, b) in group:
                 unit = units[graph_id // world]
                 try:
-                    pred = _solve_window(model, unit, times, a, b)
+                    pred, target = _predict(model, unit, times, a, b, loss, stacked)
                 except IntegrationError as err:
                     error = IntegrationError(
                         f"Epoch {epoch}, step {step} (graph {graph_id}, window "
                         f"t[{a}]->t[{b}]): {err}")
                     break
-                value = _masked_loss(loss_fn, pred, unit.traj[a + 1:b + 1],
-                                     unit.loss_mask)
+                value = _masked_loss(loss_fn, pred, target, unit.loss_mask)
                 first_loss = first_loss or float(value.detach())
                 try:
                     _check_divergence(float(value.detach()),
-                                      max(_zero_loss(unit, loss_fn, a, b), first_loss),
+                                      max(_zero_loss(unit, loss_fn, a, b, target),
+                                          first_loss),
                                       divergence, epoch, step)
                 except DivergenceError as err:
                     error = err
@@ -528,7 +574,7 @@ def fit(
         nfe = model.nfe
 
         val_total, val_weight, val_zero = _validate(model, units, times, holdout,
-                                                    last_train, loss_fn)
+                                                    last_train, loss_fn, stacked)
         if world > 1:
             val_total, val_weight, val_zero, nfe = dist.all_reduce_sum(
                 [val_total, val_weight, val_zero, nfe], device)
@@ -619,7 +665,8 @@ def _reduce_failure(error: Optional[Exception], step_loss: float, epoch: int,
 
 @torch.no_grad()
 def _validate(model: STAGED, units: List[_Unit], times: Tensor, holdout: Optional[str],
-              last_train: int, loss_fn: Callable) -> Tuple[float, int, float]:
+              last_train: int, loss_fn: Callable, stacked: bool = False
+              ) -> Tuple[float, int, float]:
     """Sum and count of the validation losses of :obj:`units`, and the sum of
     the losses of predicting zero on the same targets.
     """
@@ -631,15 +678,17 @@ def _validate(model: STAGED, units: List[_Unit], times: Tensor, holdout: Optiona
         if not bool(unit.val_mask.any()):
             continue
         if holdout == 'time':
-            pairs = [(last_train, times.numel() - 1)]
+            pairs, weights = [(last_train, times.numel() - 1)], 1
+        elif stacked:  # all one-step intervals in one solve, weighted as many
+            pairs, weights = [(0, times.numel() - 1)], times.numel() - 1
         else:
-            pairs = _windows('one_step', times.numel() - 1, 1)
+            pairs, weights = _windows('one_step', times.numel() - 1, 1), 1
         for a, b in pairs:
-            pred = _solve_window(model, unit, times, a, b)
+            pred = _solve_window(model, unit, times, a, b, stacked and holdout != 'time')
             target = unit.traj[a + 1:b + 1]
-            total += float(_masked_loss(loss_fn, pred, target, unit.val_mask))
-            zero += float(_masked_loss(loss_fn, torch.zeros_like(target), target,
-                                       unit.val_mask))
-            weight += 1
+            total += weights * float(_masked_loss(loss_fn, pred, target, unit.val_mask))
+            zero += weights * float(_masked_loss(loss_fn, torch.zeros_like(target),
+                                                 target, unit.val_mask))
+            weight += weights
     model.train()
     return total, weight, zero

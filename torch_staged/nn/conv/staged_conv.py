@@ -70,6 +70,12 @@ class STAGEDConv(MessagePassing):
     target can then act with opposite signs, an edge can switch off
     (:math:`\alpha = 0`) whatever the target's other edges do, and gate values
     compare across targets and receptors (no per-target normalisation).
+    With :obj:`pair_dim` :math:`= d > 0` every score gains a gene-pair term,
+    :math:`s_{uv} \mathrel{+}= \langle \mathbf{p}^{src}_{r,\tau(v),g(u)},
+    \mathbf{p}^{dst}_{r,\tau(v),g(v)} \rangle` with learned factors in
+    :math:`\mathbb{R}^d` per gene: a rank-:math:`d` table of gene -> gene
+    biases, so that each target can rank (and, with gates, sign) the same
+    regulators differently even with GAT's additive score.
     :math:`\mathbf{e}_{uv}` are edge attributes (the distance between the two
     cells for signalling edges, zeros for intracellular ones). The output is
     :math:`[\mathbf{m}^{\text{regulates}}_v \,\Vert\, \mathbf{m}^{\text{signals}}_v]`
@@ -112,6 +118,8 @@ class STAGEDConv(MessagePassing):
             1 over the edges of a relation entering a target) or ``'gate'``
             (signed :math:`\tanh` gates, no normalisation).
             (default: :obj:`'softmax'`)
+        pair_dim (int, optional): Rank :math:`d` of the gene-pair score term
+            (0 disables it). (default: :obj:`0`)
         backend (str, optional): ``'native'`` (pure PyTorch) or
             ``'torch_scatter'`` (CSR segment kernels, needs torch-scatter).
             (default: :obj:`'native'`)
@@ -191,6 +199,7 @@ class STAGEDConv(MessagePassing):
         backend: str = 'native',
         relations: Tuple[EdgeType, ...] = RELATIONS,
         normalize: str = 'softmax',
+        pair_dim: int = 0,
         **kwargs,
     ):
         kwargs.setdefault('aggr', 'add')
@@ -201,7 +210,8 @@ class STAGEDConv(MessagePassing):
                                  ('num_cell_types', num_cell_types, 1),
                                  ('heads', heads, 1), ('gene_dim', gene_dim, 0),
                                  ('type_dim', type_dim, 0),
-                                 ('edge_dim', edge_dim, 0)):
+                                 ('edge_dim', edge_dim, 0),
+                                 ('pair_dim', pair_dim, 0)):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"'{name}' must be an integer >= {low} "
                                  f"(got {value!r})")
@@ -232,6 +242,7 @@ class STAGEDConv(MessagePassing):
         self.dropout = dropout
         self.attention = attention
         self.normalize = normalize
+        self.pair_dim = pair_dim
         self.backend = check_backend(backend)
         self.relations = tuple(tuple(r) for r in relations)
 
@@ -252,6 +263,11 @@ class STAGEDConv(MessagePassing):
             self.lin_edge = (Parameter(torch.empty(R * K, edge_dim, H * C))
                              if edge_dim > 0 else None)
             self.att = Parameter(torch.empty(R * K, H, C))
+        # gene-pair score term: source and target gene factors per group
+        self.pair_src = (Parameter(torch.empty(R * K, num_genes, H, pair_dim))
+                         if pair_dim > 0 else None)
+        self.pair_dst = (Parameter(torch.empty(R * K, num_genes, H, pair_dim))
+                         if pair_dim > 0 else None)
         self.value = Parameter(torch.empty(R, K, H, D, C))
         out_dim = R * H * C if concat else R * C
         self.bias = Parameter(torch.empty(out_dim)) if bias else None
@@ -294,6 +310,10 @@ class STAGEDConv(MessagePassing):
         with torch.no_grad():
             self.value.uniform_(-bound, bound)
         zeros(self.bias)
+        if self.pair_src is not None:  # small: the pair term starts near 0
+            std = 0.5 / math.sqrt(self.pair_dim)
+            torch.nn.init.normal_(self.pair_src, std=std)
+            torch.nn.init.normal_(self.pair_dst, std=std)
         self._fused_cache = None
 
     def fuse_graph(self, graph: GraphInput, cell_type: Optional[Tensor] = None,
@@ -405,7 +425,7 @@ class STAGEDConv(MessagePassing):
         alpha = self.edge_updater(fused.edge_index, h=h, key=fused.key,
                                   edge_attr=fused.edge_attr, slot_ptr=fused.slot_ptr,
                                   node_type=fused.node_type, source_shift=source_shift,
-                                  size=(fused.num_nodes, num_slots))
+                                  gene=fused.gene, size=(fused.num_nodes, num_slots))
         out = self.propagate(fused.edge_index, h=h, alpha=alpha,
                              slot_ptr=fused.slot_ptr, fused=fused,
                              source_shift=source_shift,
@@ -458,7 +478,7 @@ class STAGEDConv(MessagePassing):
     def edge_update(self, h: Tensor, key: Tensor, edge_attr: Tensor,
                     edge_index_j: Tensor, index: Tensor, slot_ptr: Tensor,
                     node_type: Tensor, source_shift: Optional[Tensor],
-                    dim_size: int) -> Tensor:
+                    gene: Tensor, dim_size: int) -> Tensor:
         r"""Attention coefficients :math:`\alpha` ``[E, H]`` of the fused edges."""
         R, K, H, C = (self.num_relations, self.num_cell_types, self.heads,
                       self.out_channels)
@@ -495,11 +515,26 @@ class STAGEDConv(MessagePassing):
                 hidden = hidden + (edge_attr.unsqueeze(-1) * w_edge).sum(1)
             hidden = self.score_activation(hidden).view(-1, H, C)
             logits = (hidden * self.att.index_select(0, key)).sum(-1)
+        if self.pair_src is not None:
+            logits = logits + self.pair_score(key, gene.index_select(0, edge_index_j),
+                                              gene.index_select(0, index // R))
         if self.normalize == 'gate':
             alpha = torch.tanh(logits)
         else:
             alpha = segment_softmax(logits, index, slot_ptr, dim_size, self.backend)
         return F.dropout(alpha, p=self.dropout, training=self.training)
+
+    def pair_score(self, key: Tensor, src_gene: Tensor, dst_gene: Tensor) -> Tensor:
+        r"""The gene-pair term :math:`\langle \mathbf{p}^{src}_{k, g(u)},
+        \mathbf{p}^{dst}_{k, g(v)} \rangle` ``[E, H]`` of the scores, for edges of
+        group :math:`k` (relation and target type) from gene :math:`g(u)` to gene
+        :math:`g(v)`: a rank-:obj:`pair_dim` table of gene -> gene biases that
+        does not depend on the state.
+        """
+        G = self.num_genes
+        src = self.pair_src.flatten(0, 1).index_select(0, key * G + src_gene)
+        dst = self.pair_dst.flatten(0, 1).index_select(0, key * G + dst_gene)
+        return (src * dst).sum(-1)
 
     def message(self, alpha: Tensor) -> Tensor:
         r"""The message of an edge: its attention coefficients."""
@@ -540,6 +575,8 @@ class STAGEDConv(MessagePassing):
             extra += f", attention='{self.attention}'"
         if self.normalize != 'softmax':
             extra += f", normalize='{self.normalize}'"
+        if self.pair_dim:
+            extra += f", pair_dim={self.pair_dim}"
         if self.act != 'leaky_relu':
             extra += f", act='{self.act}'"
         if self.backend != 'native':
