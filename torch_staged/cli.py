@@ -452,7 +452,8 @@ def _fit(args: argparse.Namespace) -> None:
 
     model = make_model('staged', data.num_genes, data.num_cell_types,
                        hidden_channels=args.hidden, mlp_channels=args.mlp,
-                       type_dim=args.type_dim, method=args.method, rtol=args.rtol,
+                       type_dim=args.type_dim, normalize=args.normalize,
+                       pair_dim=args.pair_dim, method=args.method, rtol=args.rtol,
                        atol=args.atol,
                        options={'step_size': args.step_size} if args.step_size else None)
     units = data
@@ -542,8 +543,8 @@ def _start_run_dir(args, run: dict, stored_run: Optional[dict], model, traj, t) 
         times=[float(v) for v in t.tolist()],
         fit=dict(loss=args.loss, epochs=args.epochs, lr=args.lr, holdout=args.holdout,
                  patience=args.patience, seed=args.seed, hidden=args.hidden,
-                 mlp=args.mlp, type_dim=args.type_dim, method=args.method,
-                 tile_size=args.tile_size, tiles_per_step=args.tiles_per_step),
+                 mlp=args.mlp, type_dim=args.type_dim, normalize=args.normalize,
+                 pair_dim=args.pair_dim, method=args.method, tile_size=args.tile_size, tiles_per_step=args.tiles_per_step),
         source=source, cli=(stored_run or {}).get('cli') or _stored_args(args))
     run['cli'] = dict(run['cli'], **{k: getattr(args, k) for k in RESUME_CHANGEABLE})
     _set_status(args.out, run, 'running')
@@ -1049,12 +1050,14 @@ def _add_fit_graph(fitp) -> None:
 
 
 def _add_fit_training(fitp) -> None:
-    fitp.add_argument('--epochs', type=int, default=50,
+    fitp.add_argument('--epochs', type=int, default=600,
                       help='Epochs to train (with --resume: the new total).')
     fitp.add_argument('--lr', type=float, default=0.01, help='Adam learning rate.')
-    fitp.add_argument('--loss', default='one_step', choices=('one_step', 'window',
-                                                             'rollout'),
-                      help='One-step, windowed (multiple shooting) or free rollout loss.')
+    fitp.add_argument('--loss', default='derivative',
+                      choices=('derivative', 'one_step', 'window', 'rollout'),
+                      help='Gradient matching at interval midpoints (no solver, '
+                           'fast), one-step, windowed (multiple shooting) or free '
+                           'rollout loss.')
     fitp.add_argument('--holdout', type=int, default=2,
                       help='Final time points held out (0: none).')
     fitp.add_argument('--patience', type=int, default=None,
@@ -1069,6 +1072,11 @@ def _add_fit_training(fitp) -> None:
                       help='Hidden channels of the per-type MLP.')
     fitp.add_argument('--type-dim', type=int, default=4,
                       help='Cell-type embedding size (0: none).')
+    fitp.add_argument('--normalize', default='gate', choices=('gate', 'softmax'),
+                      help='Signed tanh gates per edge, or the softmax over a '
+                           "target's edges.")
+    fitp.add_argument('--pair-dim', type=int, default=4,
+                      help='Rank of the gene-pair term of the attention score (0: none).')
     fitp.add_argument('--method', default='dopri5',
                       help='torchdiffeq solver (dopri5, rk4, euler, ...).')
     fitp.add_argument('--step-size', type=float, default=None,
@@ -1158,7 +1166,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument('--out', default='runs/demo', help='Output folder.')
     demo.add_argument('--cells', type=int, default=300, help='Simulated cells.')
     demo.add_argument('--genes', type=int, default=20, help='Simulated genes.')
-    demo.add_argument('--epochs', type=int, default=30, help='Epochs of each fit.')
+    demo.add_argument('--epochs', type=int, default=600, help='Epochs of each fit.')
     demo.add_argument('--holdout', type=int, default=4,
                       help='Held-out final time points.')
     demo.add_argument('--seed', type=int, default=0, help='Random seed.')

@@ -60,9 +60,12 @@ class STAGED(torch.nn.Module):
             (default: :obj:`False`)
         normalize (str, optional): ``'softmax'`` attention or ``'gate'``
             (signed tanh gates per edge; see :class:`~torch_staged.nn.STAGEDConv`).
-            (default: :obj:`'softmax'`)
+            Gates let regulators of one target act with opposite signs and
+            switch false prior edges off. (default: :obj:`'gate'`)
         pair_dim (int, optional): Rank of the gene-pair score term of the
-            layer (see :class:`~torch_staged.nn.STAGEDConv`). (default: :obj:`0`)
+            layer (see :class:`~torch_staged.nn.STAGEDConv`); 0 with
+            ``normalize='softmax'`` gives the original STAGED layer.
+            (default: :obj:`4`)
 
     Shapes:
         - **input:** a tissue graph with :math:`N` cells, times :math:`(T)`,
@@ -76,7 +79,7 @@ class STAGED(torch.nn.Module):
                  act: str = 'smooth_leaky_relu', signalling: bool = True,
                  backend: str = 'native', method: str = 'dopri5', rtol: float = 1e-3,
                  atol: float = 1e-4, options: Optional[Dict[str, Any]] = None,
-                 adjoint: bool = False, normalize: str = 'softmax', pair_dim: int = 0):
+                 adjoint: bool = False, normalize: str = 'gate', pair_dim: int = 4):
         super().__init__()
         if not isinstance(augment, int) or augment < 0:
             raise ValueError(f"'augment' must be an integer >= 0 (got {augment!r})")
