@@ -17,13 +17,18 @@ from torch_staged.train import (
 )
 
 
-def test_learns_a_linear_coupled_system():
+@pytest.mark.parametrize('kwargs', [
+    dict(loss='one_step', batch_intervals=False, epochs=40),  # 7 solves per epoch
+    dict(loss='one_step', epochs=200),  # the 7 intervals as one stacked solve
+    dict(epochs=300),  # the default: gradient matching
+])
+def test_learns_a_linear_coupled_system(kwargs):
     torch.manual_seed(0)
     data, X, t = linear_coupled_tissue()
     model = STAGED(3, 2, hidden_channels=8, mlp_channels=16)
-    result = fit(model, data, X, t, epochs=40, lr=0.02, holdout_size=3, patience=None,
-                 cell_order='graph', progress=False)
-    assert len(result.history) == 40
+    result = fit(model, data, X, t, lr=0.02, holdout_size=3, cell_order='graph',
+                 progress=False, **kwargs)
+    assert len(result.history) == kwargs['epochs']
     with torch.no_grad():
         pred = model(data, t[7:], X[7])[1:]
     truth = X[8:]
@@ -51,7 +56,7 @@ def _student():
                   options={'step_size': 0.05})
 
 
-@pytest.mark.parametrize('loss', ['one_step', 'window', 'rollout'])
+@pytest.mark.parametrize('loss', ['derivative', 'one_step', 'window', 'rollout'])
 def test_loss_modes_and_history_file(tmp_path, loss):
     data, X, t = _small_problem()
     model = _student()
@@ -63,6 +68,28 @@ def test_loss_modes_and_history_file(tmp_path, loss):
     assert saved['history'] == json.loads(json.dumps(result.history))
     assert saved['fit_config']['loss'] == loss
     assert 'FitResult(epochs=3' in repr(result)
+
+
+@pytest.mark.parametrize('loss', ['derivative', 'one_step'])
+def test_stacked_first_loss_is_the_mean_over_intervals(loss):
+    # the first training loss of a stacked job (one solve / one evaluation for
+    # all intervals) equals the mean of the per-interval losses, written out
+    data, X, t = _small_problem()
+    model = _student().double()
+    Xd, td = X.double(), t.double()
+    with torch.no_grad():
+        per = []
+        for k in range(3):  # holdout_size=1 of 5 times: intervals 0..2
+            if loss == 'derivative':
+                mid = model.initial_state(data, 0.5 * (Xd[k] + Xd[k + 1]))
+                pred = model.func.set_graph(data)(td[0], mid)[:, 0].view(16, 3)
+                target = (Xd[k + 1] - Xd[k]) / (td[k + 1] - td[k])
+            else:
+                pred, target = model(data, td[k:k + 2], Xd[k])[-1], Xd[k + 1]
+            per.append(float(((pred - target) ** 2).mean()))
+    result = fit(model, data, Xd, td, loss=loss, epochs=1, lr=1e-12,
+                 cell_order='graph', progress=False)
+    assert result.history[0]['train_loss'] == pytest.approx(np.mean(per), rel=1e-6)
 
 
 def test_checkpoint_round_trip_and_bitwise_resume(tmp_path):
@@ -125,7 +152,9 @@ def test_nan_guard_names_the_step():
     with torch.no_grad():
         model.func.bias2.fill_(1e38)
     with pytest.raises(IntegrationError, match=r'Epoch 0, step 0 .*NaN/Inf'):
-        fit(model, data, X, t, epochs=1, cell_order='graph', progress=False)
+        fit(model, data, X, t, epochs=1, loss='one_step', batch_intervals=False,
+            cell_order='graph',
+            progress=False)
 
 
 def test_fit_over_tiles_with_halo():

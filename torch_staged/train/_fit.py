@@ -196,7 +196,7 @@ def _zero_loss(unit: _Unit, loss_fn: Callable, a: int, b: int, target: Tensor
 
 def _predict(model: STAGED, unit: _Unit, times: Tensor, a: int, b: int, loss: str,
              stacked: bool) -> Tuple[Tensor, Tensor]:
-    """Prediction and target ``[b - a, N*G]`` of the job on window ``(a, b)``.
+    r"""Prediction and target ``[b - a, N*G]`` of the job on window ``(a, b)``.
 
     ``loss='derivative'`` (gradient matching): the vector field at the
     midpoints of the observed intervals against the finite differences,
