@@ -52,7 +52,7 @@ def fitted(tissue):
     _, data, _, _ = tissue
     torch.manual_seed(0)
     model = make_model('staged', data.num_genes, data.num_cell_types, **FAST)
-    fit(model, data, epochs=8, lr=0.02, holdout=None, patience=None, progress=False)
+    fit(model, data, lr=0.02, holdout=None, progress=False)  # the default 600 epochs
     return model
 
 
