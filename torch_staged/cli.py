@@ -544,7 +544,8 @@ def _start_run_dir(args, run: dict, stored_run: Optional[dict], model, traj, t) 
         fit=dict(loss=args.loss, epochs=args.epochs, lr=args.lr, holdout=args.holdout,
                  patience=args.patience, seed=args.seed, hidden=args.hidden,
                  mlp=args.mlp, type_dim=args.type_dim, normalize=args.normalize,
-                 pair_dim=args.pair_dim, method=args.method, tile_size=args.tile_size, tiles_per_step=args.tiles_per_step),
+                 pair_dim=args.pair_dim, method=args.method, tile_size=args.tile_size,
+                 tiles_per_step=args.tiles_per_step),
         source=source, cli=(stored_run or {}).get('cli') or _stored_args(args))
     run['cli'] = dict(run['cli'], **{k: getattr(args, k) for k in RESUME_CHANGEABLE})
     _set_status(args.out, run, 'running')

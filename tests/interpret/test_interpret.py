@@ -63,7 +63,8 @@ def test_jacobian_tables_rank_true_intercellular_edges_first(fitted_softmax):
     # (true rows at ranks 1 and 3); over seeds 0-5 of this setup AUROC was
     # 0.68-1.0, mean 0.86, so the seed is fixed. (The defaults, gates and
     # gradient matching, measured 0.92 on this seed: true rows 1st and 6th; see
-    # benchmarks/science.py for their figures over seeds.) With 2 positives a random ranking is noisy (its 99th
+    # benchmarks/science.py for their figures over seeds.) With 2 positives a
+    # random ranking is noisy (its 99th
     # percentile AUROC is 0.94), so the test asserts the joint event "AUROC >
     # 0.95 and a true row first", which random rankings of the same rows reach
     # in about 1% of draws (checked below).

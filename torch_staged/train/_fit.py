@@ -289,6 +289,88 @@ def _epoch_line(desc: str, record: Dict[str, float], epochs: int) -> str:
             f"({record['seconds']:.1f} s)")
 
 
+@dataclass
+class _Loop:
+    """What one training epoch needs (see :func:`_train_epoch`)."""
+    model: STAGED
+    units: List[_Unit]
+    times: Tensor
+    windows: List[Tuple[int, int]]
+    loss: str
+    stacked: bool
+    loss_fn: Callable
+    optimizer: torch.optim.Optimizer
+    params: List[Tensor]
+    clip_grad: Optional[float]
+    divergence: Optional[float]
+    per_step: int  # jobs per optimiser step over all ranks
+    rank: int
+    world: int
+    device: torch.device
+    generator: torch.Generator
+    num_graphs: int
+    start_scale: float
+    first_loss: Optional[float] = None  # the fit's first loss: a divergence reference
+
+
+def _job_loss(loop: _Loop, graph_id: int, a: int, b: int, epoch: int, step: int
+              ) -> Tensor:
+    """The training loss of one (graph, window) job; raises
+    :class:`IntegrationError` (naming the job) or :class:`DivergenceError`.
+    """
+    unit = loop.units[graph_id // loop.world]
+    try:
+        pred, target = _predict(loop.model, unit, loop.times, a, b, loop.loss,
+                                loop.stacked)
+    except IntegrationError as err:
+        raise IntegrationError(f"Epoch {epoch}, step {step} (graph {graph_id}, window "
+                               f"t[{a}]->t[{b}]): {err}") from None
+    value = _masked_loss(loop.loss_fn, pred, target, unit.loss_mask)
+    loop.first_loss = loop.first_loss or float(value.detach())
+    scale = max(_zero_loss(unit, loop.loss_fn, a, b, target), loop.first_loss)
+    _check_divergence(float(value.detach()), scale, loop.divergence, epoch, step)
+    return value
+
+
+def _train_epoch(loop: _Loop, epoch: int) -> Tuple[float, int]:
+    """One epoch: the shuffled jobs, :attr:`_Loop.per_step` per optimiser step
+    (this rank solves those of its graphs). Returns the mean step loss and the
+    number of steps.
+    """
+    windows, world = loop.windows, loop.world
+    num_jobs = loop.num_graphs * len(windows)
+    order = torch.randperm(num_jobs, generator=loop.generator).tolist()
+    jobs = [(i // len(windows), windows[i % len(windows)]) for i in order]
+    total, count = 0.0, 0
+    for step in range(math.ceil(num_jobs / loop.per_step)):
+        chunk = jobs[step * loop.per_step:(step + 1) * loop.per_step]
+        group = [j for j in chunk if j[0] % world == loop.rank]  # the graphs it holds
+        loop.optimizer.zero_grad(set_to_none=True)
+        step_loss, error = 0.0, None
+        for graph_id, (a, b) in group:
+            try:
+                value = _job_loss(loop, graph_id, a, b, epoch, step) / len(chunk)
+            except IntegrationError as err:  # DivergenceError included
+                error = err
+                break
+            value.backward()
+            step_loss += float(value.detach())
+        if world > 1:  # a failure on any rank stops all of them
+            error, step_loss = _reduce_failure(error, step_loss, epoch, step,
+                                               loop.device)
+        if error is not None:
+            raise error
+        if world > 1:
+            dist.all_reduce_gradients(loop.params)
+        if loop.clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(loop.params, loop.clip_grad)
+        loop.optimizer.step()
+        _check_parameters(loop.params, loop.start_scale, loop.divergence, epoch, step)
+        total += step_loss
+        count += 1
+    return total / max(count, 1), count
+
+
 def fit(
     model: STAGED,
     data: Union[TissueData, Sequence[TissueData]],
@@ -490,7 +572,8 @@ def fit(
         sched = None
 
     fit_config = _json_ready(dict(
-        loss=loss, window=window, batch_intervals=bool(batch_intervals), epochs=epochs, lr=lr, weight_decay=weight_decay,
+        loss=loss, window=window, batch_intervals=bool(batch_intervals), epochs=epochs,
+        lr=lr, weight_decay=weight_decay,
         scheduler=scheduler, clip_grad=clip_grad, holdout=holdout,
         holdout_size=holdout_size, patience=patience, tiles_per_step=tiles_per_step,
         cell_order=cell_order, seed=seed, world_size=world,
@@ -516,65 +599,25 @@ def fit(
         generator.set_state(state['rng']['generator'])
         start_epoch = int(state['epoch']) + 1
 
-    num_jobs = num_graphs * len(windows)
     bar = tqdm(range(start_epoch, epochs), disable=mode != 'bar' or not main,
                desc=desc, unit='epoch', dynamic_ncols=True)
     bad_epochs = 0
     if result.history and result.best_epoch >= 0:
         bad_epochs = len(result.history) - 1 - result.best_epoch
     started = time.perf_counter()
-    first_loss = first_val = None  # this call's first losses: divergence references
-    start_scale = _largest_parameter(params) if params else 0.0
+    first_val = None  # this call's first held-out loss: a divergence reference
+    loop = _Loop(model=model, units=units, times=times, windows=windows, loss=loss,
+                 stacked=stacked, loss_fn=loss_fn, optimizer=optimizer, params=params,
+                 clip_grad=clip_grad, divergence=divergence,
+                 per_step=tiles_per_step * world, rank=rank, world=world,
+                 device=device, generator=generator,
+                 num_graphs=num_graphs,
+                 start_scale=_largest_parameter(params) if params else 0.0)
     for epoch in bar:
         tic = time.perf_counter()
         model.train()
         model.reset_nfe()
-        order = torch.randperm(num_jobs, generator=generator).tolist()
-        jobs = [(i // len(windows), windows[i % len(windows)]) for i in order]
-        per_step = tiles_per_step * world  # one process: tiles_per_step * W
-        total, count = 0.0, 0
-        for step in range(math.ceil(num_jobs / per_step)):
-            chunk = jobs[step * per_step:(step + 1) * per_step]
-            group = [j for j in chunk if j[0] % world == rank]  # the graphs it holds
-            group_size = len(chunk)  # jobs on all ranks
-            optimizer.zero_grad(set_to_none=True)
-            step_loss, error = 0.0, None
-            for graph_id, (a, b) in group:
-                unit = units[graph_id // world]
-                try:
-                    pred, target = _predict(model, unit, times, a, b, loss, stacked)
-                except IntegrationError as err:
-                    error = IntegrationError(
-                        f"Epoch {epoch}, step {step} (graph {graph_id}, window "
-                        f"t[{a}]->t[{b}]): {err}")
-                    break
-                value = _masked_loss(loss_fn, pred, target, unit.loss_mask)
-                first_loss = first_loss or float(value.detach())
-                try:
-                    _check_divergence(float(value.detach()),
-                                      max(_zero_loss(unit, loss_fn, a, b, target),
-                                          first_loss),
-                                      divergence, epoch, step)
-                except DivergenceError as err:
-                    error = err
-                    break
-                value = value / group_size
-                value.backward()
-                step_loss += float(value.detach())
-            if world > 1:  # a failure on any rank stops all of them
-                error, step_loss = _reduce_failure(error, step_loss, epoch, step,
-                                                   device)
-            if error is not None:
-                raise error
-            if world > 1:
-                dist.all_reduce_gradients(params)
-            if clip_grad is not None:
-                torch.nn.utils.clip_grad_norm_(params, clip_grad)
-            optimizer.step()
-            _check_parameters(params, start_scale, divergence, epoch, step)
-            total += step_loss
-            count += 1
-        train_loss = total / max(count, 1)
+        train_loss, count = _train_epoch(loop, epoch)
         nfe = model.nfe
 
         val_total, val_weight, val_zero = _validate(model, units, times, holdout,
