@@ -36,6 +36,7 @@ from torch_staged.baselines import BASELINES
 
 MODELS = list(STAGED_MODELS) + list(BASELINES)
 SHOWN = [('heldout_mse', 'held-out MSE', '{:.4f}'), ('persistence_mse', 'persist. MSE', '{:.4f}'),
+         ('heldout_ratio', 'MSE / persist.', '{:.2f}'),
          ('rollout_r2', 'rollout R2', '{:.3f}'), ('intra_auroc', 'GRN AUROC', '{:.3f}'),
          ('intra_sign_accuracy', 'GRN sign acc.', '{:.2f}'),
          ('inter_auroc', 'L-R AUROC', '{:.3f}'), ('true_pair_rank', 'true pair rank', '{:.1f}'),
@@ -64,8 +65,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _value(record: Dict, field: str) -> Optional[float]:
+    if field == 'heldout_ratio':  # derived: held-out MSE / persistence MSE
+        if record.get('heldout_mse') is None or not record.get('persistence_mse'):
+            return None
+        return record['heldout_mse'] / record['persistence_mse']
+    return record.get(field)
+
+
 def _cell(rows: List[Dict], field: str, fmt: str) -> str:
-    values = [r[field] for r in rows if r.get(field) is not None]
+    values = [_value(r, field) for r in rows if _value(r, field) is not None]
     if not values:
         return '-'
     text = fmt.format(np.mean(values))
