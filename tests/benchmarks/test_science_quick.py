@@ -22,7 +22,7 @@ def _load(name):
 def test_science_quick(tmp_path, capsys):
     science = _load('science')
     out = tmp_path / 'science.json'
-    records = science.main(['--quick', '--json', str(out)])
+    records = science.main(['--quick', '--jobs', '1', '--json', str(out)])
     assert json.loads(out.read_text()) == records
     datasets = {r['dataset'] for r in records}
     assert datasets == set(science.DATASETS) and len(records) == 4 * len(science.MODELS)
