@@ -113,12 +113,12 @@ def _forecast_record(task: Task, heldout: Optional[Tensor], rollout: Optional[Te
     return out
 
 
-def run_staged(task: Task, model_name: str, seed: int,
-               model_kwargs: Optional[Dict] = None, **fit_kwargs) -> Dict:
-    """Fits one STAGED variant with the package's defaults and scores it.
-
-    The fit sees the training times only (its own validation split is taken
-    from them), so the held-out times score a model that never saw them.
+def fit_staged(task: Task, model_name: str, seed: int,
+               model_kwargs: Optional[Dict] = None, **fit_kwargs):
+    """Fits one STAGED variant with the package's defaults on the training
+    times only (its own validation split is taken from them), so that the
+    held-out times score a model that never saw them. Returns the model, the
+    wall and the CPU seconds of the fit.
     """
     torch.manual_seed(seed)
     data, X, t, last = task.data, task.X, task.t, task.last
@@ -127,13 +127,20 @@ def run_staged(task: Task, model_name: str, seed: int,
     start = time.process_time(), time.perf_counter()
     fit(model, data, X[:last + 1], t[:last + 1], cell_order='graph', seed=seed,
         progress=False, **fit_kwargs)
-    seconds = time.perf_counter() - start[1]
+    return model, time.perf_counter() - start[1], time.process_time() - start[0]
+
+
+def run_staged(task: Task, model_name: str, seed: int,
+               model_kwargs: Optional[Dict] = None, **fit_kwargs) -> Dict:
+    """Fits one STAGED variant (:func:`fit_staged`) and scores it."""
+    data, X, t, last = task.data, task.X, task.t, task.last
+    model, seconds, cpu = fit_staged(task, model_name, seed, model_kwargs, **fit_kwargs)
     with torch.no_grad():
         heldout = model(data, t[last:], X[last])[1:]
         rollout = model(data, t, X[0])[1:]
     intra, inter = interaction_tables(model, data, X[:last + 1])
     record = dict(dataset=task.name, model=model_name, seed=seed, fit_seconds=seconds,
-                  fit_cpu_seconds=time.process_time() - start[0])
+                  fit_cpu_seconds=cpu)
     record.update(_forecast_record(task, heldout, rollout))
     record.update(score_tables(intra, inter if model_name != 'no_signalling' else None,
                                task.truth, signed=True))

@@ -1,0 +1,81 @@
+"""Ligand knockout on the cell-cell signalling model: does a fitted STAGED
+move the receivers' receptor as the true model does?
+
+For ``lateral_inhibition`` (Collier et al. 1996 Delta-Notch) and each seed:
+fit STAGED with the package's defaults on the training times (as
+``benchmarks/science.py`` does), then knock the true ligand (``Delta``) out in
+every cell, from the noise-free initial state, over all observed times, both
+in the fitted model (``torch_staged.perturb``) and in the generator itself
+(``knockout='Delta'``, noise 0). Reported for the receptor (``Notch``):
+``sign`` (the fraction of cell-times, among those the truth moves by more than
+0.05, where the model moves it the same way), ``ratio`` (mean |model change| /
+mean |true change| over the same cell-times), ``r`` (Pearson correlation of the
+changes over all cell-times) and the mean change of each.
+
+    python benchmarks/knockout.py --seeds 0 1 2 [--json out.json]
+"""
+import argparse
+import json
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from torch_staged import perturb
+from torch_staged._benchmark import fit_staged, make_task
+from torch_staged.datasets import lateral_inhibition
+from torch_staged.sim import graph_from_simulation
+
+
+def _true_trajectories(seed: int, knockout: Optional[str]) -> torch.Tensor:
+    adata = lateral_inhibition(seed=seed, noise=0.0, knockout=knockout)
+    data, X, _ = graph_from_simulation(adata)
+    return data.cells_to_graph(X, dim=1)
+
+
+def knockout_response(seed: int, ligand: str = 'Delta', receptor: str = 'Notch',
+                      threshold: float = 0.05) -> Dict:
+    """One seed's figures (see the module docstring)."""
+    task = make_task('lateral_inhibition', seed)
+    model, seconds, _ = fit_staged(task, 'staged', seed)
+    base = _true_trajectories(seed, None)
+    true = _true_trajectories(seed, ligand) - base
+    result = perturb(model, task.data, base[0], task.t, knockout=ligand)
+    r = list(task.data.gene_names).index(receptor)
+    model_d, true_d = result.delta[1:, :, r].double(), true[1:, :, r].double()
+    moved = true_d.abs() > threshold
+    return dict(
+        seed=seed, fit_seconds=seconds, moved=int(moved.sum()),
+        sign=float((torch.sign(model_d[moved]) == torch.sign(true_d[moved])).double().mean()),
+        ratio=float(model_d[moved].abs().mean() / true_d[moved].abs().mean()),
+        r=float(np.corrcoef(model_d.flatten().numpy(), true_d.flatten().numpy())[0, 1]),
+        model_mean=float(model_d.mean()), true_mean=float(true_d.mean()))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--json', default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    records = []
+    for seed in args.seeds:
+        tic = time.perf_counter()
+        records.append(knockout_response(seed))
+        print(f'seed {seed} ({time.perf_counter() - tic:.0f} s): '
+              + ', '.join(f'{k}={v:.3g}' for k, v in records[-1].items()
+                          if k != 'seed'), flush=True)
+    for key in ('sign', 'ratio', 'r'):
+        values = [rec[key] for rec in records]
+        sd = np.std(values, ddof=1) if len(values) > 1 else 0.0
+        print(f'{key}: {np.mean(values):.3f} ± {sd:.3f}')
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(records, f, indent=1)
+    return records
+
+
+if __name__ == '__main__':
+    main()
