@@ -154,3 +154,12 @@ def test_stacked_intervals_equal_one_by_one(normalize):
         assert torch.equal(rel, torch.cat(copies, dim=1))
     with pytest.raises(ValueError, match='positive durations'):
         model.solve_intervals(data, x0, torch.tensor([0.5, 0.0, 0.3]))
+
+
+def test_config_round_trip_and_legacy_configs():
+    model = STAGED(4, 3, hidden_channels=4)
+    assert STAGED.from_config(model.config).config == model.config
+    assert model.config['normalize'] == 'gate' and model.config['pair_dim'] == 4
+    old = {k: v for k, v in model.config.items() if k not in ('normalize', 'pair_dim')}
+    legacy = STAGED.from_config(old)  # written before gates became the default
+    assert legacy.func.conv.normalize == 'softmax' and legacy.func.conv.pair_src is None

@@ -8,6 +8,8 @@ from torch_staged.nn.ode_func import STAGEDODEFunc
 from torch_staged.typing import CELL, GENE, REGULATES, RELATIONS
 
 SOLVER_KWARGS = ('method', 'rtol', 'atol', 'options', 'adjoint')
+#: the values of keys that configs of older versions lack
+LEGACY_CONFIG = {'normalize': 'softmax', 'pair_dim': 0}
 
 
 class IntegrationError(RuntimeError):
@@ -118,8 +120,11 @@ class STAGED(torch.nn.Module):
 
     @classmethod
     def from_config(cls, config: Dict[str, Any]) -> 'STAGED':
-        """Builds a model from :attr:`config`."""
-        return cls(**config)
+        """Builds a model from :attr:`config`. Configs written before signed gates
+        and gene-pair scores became the defaults (without those keys) get the
+        layer they were trained with: ``normalize='softmax', pair_dim=0``.
+        """
+        return cls(**{**LEGACY_CONFIG, **config})
 
     def reset_parameters(self):
         r"""Resets all learnable parameters."""
