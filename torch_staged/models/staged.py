@@ -4,6 +4,7 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint, odeint_adjoint
 
+from torch_staged.nn._fused import FusedGeneGraph
 from torch_staged.nn.ode_func import STAGEDODEFunc
 from torch_staged.typing import CELL, GENE, REGULATES, RELATIONS
 
@@ -220,8 +221,7 @@ class STAGED(torch.nn.Module):
         if dt.numel() != copies or not bool((dt > 0).all()):
             raise ValueError(f"'dt' must hold {copies} positive durations, one per "
                              f"initial state (got {dt.tolist()})")
-        self._set_copies(graph, copies)
-        fused = self._repeated[3]
+        fused = self._set_copies(graph, copies)
         state = self._stacked_state(x0)
         scale = dt.repeat_interleave(fused.num_nodes).unsqueeze(-1)
         options = dict(self.options)
@@ -246,19 +246,22 @@ class STAGED(torch.nn.Module):
         Returns:
             :math:`d\mathbf{x}/dt` of the expression channel, shaped like :obj:`x`.
         """
-        self._set_copies(graph, x.size(0))
+        fused = self._set_copies(graph, x.size(0))
         state = self._stacked_state(x)
         out = self.func(torch.zeros((), dtype=state.dtype, device=state.device), state)
-        self.func.set_graph(self._repeated[3])
+        self.func.set_graph(fused)
         return out[:, 0].reshape(x.shape)
 
-    def _set_copies(self, graph, copies: int) -> None:
-        """Sets the graph of :obj:`copies` copies of :obj:`graph` (cached)."""
+    def _set_copies(self, graph, copies: int) -> FusedGeneGraph:
+        """Sets the graph of :obj:`copies` copies of :obj:`graph` (cached) and
+        returns the fused single graph (to set back after the solve).
+        """
         fused = self.func.set_graph(graph).graph
-        cached = self._repeated  # (edge index, copies, repeated graph, graph)
+        cached = self._repeated  # (the graph's edge index, copies, repeated graph)
         if cached is None or cached[0] is not fused.edge_index or cached[1] != copies:
-            self._repeated = (fused.edge_index, copies, fused.repeat(copies), fused)
+            self._repeated = (fused.edge_index, copies, fused.repeat(copies))
         self.func.set_graph(self._repeated[2])
+        return fused
 
     def _stacked_state(self, x: Tensor) -> Tensor:
         state = x.reshape(-1, 1).to(self.func.decay)

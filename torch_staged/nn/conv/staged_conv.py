@@ -272,6 +272,7 @@ class STAGEDConv(MessagePassing):
         out_dim = R * H * C if concat else R * C
         self.bias = Parameter(torch.empty(out_dim)) if bias else None
         self._fused_cache = None
+        self._pair_rows_cache: Optional[Tuple[Tensor, Tuple[Tensor, Tensor]]] = None
         self.reset_parameters()
 
     # ------------------------------------------------------------------ setup
@@ -425,7 +426,9 @@ class STAGEDConv(MessagePassing):
         alpha = self.edge_updater(fused.edge_index, h=h, key=fused.key,
                                   edge_attr=fused.edge_attr, slot_ptr=fused.slot_ptr,
                                   node_type=fused.node_type, source_shift=source_shift,
-                                  gene=fused.gene, size=(fused.num_nodes, num_slots))
+                                  pair_rows=None if self.pair_src is None
+                                  else self.pair_rows(fused),
+                                  size=(fused.num_nodes, num_slots))
         out = self.propagate(fused.edge_index, h=h, alpha=alpha,
                              slot_ptr=fused.slot_ptr, fused=fused,
                              source_shift=source_shift,
@@ -478,7 +481,7 @@ class STAGEDConv(MessagePassing):
     def edge_update(self, h: Tensor, key: Tensor, edge_attr: Tensor,
                     edge_index_j: Tensor, index: Tensor, slot_ptr: Tensor,
                     node_type: Tensor, source_shift: Optional[Tensor],
-                    gene: Tensor, dim_size: int) -> Tensor:
+                    pair_rows: Optional[Tuple[Tensor, Tensor]], dim_size: int) -> Tensor:
         r"""Attention coefficients :math:`\alpha` ``[E, H]`` of the fused edges."""
         R, K, H, C = (self.num_relations, self.num_cell_types, self.heads,
                       self.out_channels)
@@ -515,25 +518,39 @@ class STAGEDConv(MessagePassing):
                 hidden = hidden + (edge_attr.unsqueeze(-1) * w_edge).sum(1)
             hidden = self.score_activation(hidden).view(-1, H, C)
             logits = (hidden * self.att.index_select(0, key)).sum(-1)
-        if self.pair_src is not None:
-            logits = logits + self.pair_score(key, gene.index_select(0, edge_index_j),
-                                              gene.index_select(0, index // R))
+        if pair_rows is not None:
+            logits = logits + self.pair_score(*pair_rows)
         if self.normalize == 'gate':
             alpha = torch.tanh(logits)
         else:
             alpha = segment_softmax(logits, index, slot_ptr, dim_size, self.backend)
         return F.dropout(alpha, p=self.dropout, training=self.training)
 
-    def pair_score(self, key: Tensor, src_gene: Tensor, dst_gene: Tensor) -> Tensor:
+    def pair_rows(self, fused: FusedGeneGraph) -> Tuple[Tensor, Tensor]:
+        r"""Rows ``[E]`` of the flattened source and target factor tables of
+        every fused edge: ``k * G + g(u)`` and ``k * G + g(v)`` for an edge of
+        group :math:`k` from gene :math:`g(u)` to gene :math:`g(v)`. Fixed for a
+        graph, so computed once per graph (cached), not at every evaluation.
+        """
+        cached = self._pair_rows_cache
+        if cached is not None and cached[0] is fused.edge_index:
+            return cached[1]
+        G, R = self.num_genes, self.num_relations
+        dst = torch.div(fused.slot, R, rounding_mode='floor')
+        rows = (fused.key * G + fused.gene.index_select(0, fused.src),
+                fused.key * G + fused.gene.index_select(0, dst))
+        self._pair_rows_cache = (fused.edge_index, rows)
+        return rows
+
+    def pair_score(self, src_rows: Tensor, dst_rows: Tensor) -> Tensor:
         r"""The gene-pair term :math:`\langle \mathbf{p}^{src}_{k, g(u)},
         \mathbf{p}^{dst}_{k, g(v)} \rangle` ``[E, H]`` of the scores, for edges of
         group :math:`k` (relation and target type) from gene :math:`g(u)` to gene
-        :math:`g(v)`: a rank-:obj:`pair_dim` table of gene -> gene biases that
-        does not depend on the state.
+        :math:`g(v)` (rows from :meth:`pair_rows`): a rank-:obj:`pair_dim` table of
+        gene -> gene biases that does not depend on the state.
         """
-        G = self.num_genes
-        src = self.pair_src.flatten(0, 1).index_select(0, key * G + src_gene)
-        dst = self.pair_dst.flatten(0, 1).index_select(0, key * G + dst_gene)
+        src = self.pair_src.flatten(0, 1).index_select(0, src_rows)
+        dst = self.pair_dst.flatten(0, 1).index_select(0, dst_rows)
         return (src * dst).sum(-1)
 
     def message(self, alpha: Tensor) -> Tensor:
