@@ -6,12 +6,19 @@ from torch_staged.testing import random_tissue
 from torch_staged.typing import RELATIONS
 
 
-@pytest.mark.parametrize('attention,type_dim', [('gat', 0), ('gatv2', 0), ('gat', 3)])
+@pytest.mark.parametrize('attention,type_dim,extra', [
+    ('gat', 0, {}), ('gatv2', 0, {}), ('gat', 3, {}),
+    ('gat', 0, dict(normalize='gate', pair_dim=2, value_channels=3)),
+    ('gat', 2, dict(normalize='gate', score_state=False, value_channels=3)),
+    ('gatv2', 0, dict(normalize='gate', score_state=False)),
+    ('gat', 2, dict(normalize='gate', value_channels=3, value_embedding=False)),
+    ('gat', 0, dict(normalize='gate', pair_dim='full', score_state=False,
+                    value_channels=3, value_embedding=False))])
 @pytest.mark.parametrize('autocrine', [False, True])
-def test_edge_jacobian_equals_autograd_jacobian(attention, type_dim, autocrine):
+def test_edge_jacobian_equals_autograd_jacobian(attention, type_dim, extra, autocrine):
     torch.manual_seed(0)
     data = random_tissue(10, 4, seed=0, autocrine=autocrine)
-    func = STAGEDODEFunc(4, 3, attention=attention, heads=2, type_dim=type_dim)
+    func = STAGEDODEFunc(4, 3, attention=attention, heads=2, type_dim=type_dim, **extra)
     func = func.double().set_graph(data)
     n = data['gene'].num_nodes
     x = torch.randn(n, 1, dtype=torch.float64)

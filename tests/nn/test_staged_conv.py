@@ -13,23 +13,35 @@ def _randomise(conv):
             p.add_(0.3 * torch.randn_like(p))
 
 
-@pytest.mark.parametrize('attention,act,type_dim,normalize,pair_dim', [
-    ('gat', 'leaky_relu', 0, 'softmax', 0), ('gatv2', 'leaky_relu', 0, 'softmax', 0),
-    ('gat', 'smooth_leaky_relu', 0, 'softmax', 0), ('gat', 'leaky_relu', 3, 'softmax', 0),
-    ('gatv2', 'smooth_leaky_relu', 2, 'softmax', 0),
-    ('gat', 'smooth_leaky_relu', 0, 'gate', 0), ('gatv2', 'smooth_leaky_relu', 2, 'gate', 0),
-    ('gat', 'smooth_leaky_relu', 0, 'gate', 3), ('gatv2', 'leaky_relu', 0, 'softmax', 2)])
+@pytest.mark.parametrize('attention,act,type_dim,normalize,pair_dim,extra', [
+    ('gat', 'leaky_relu', 0, 'softmax', 0, {}), ('gatv2', 'leaky_relu', 0, 'softmax', 0, {}),
+    ('gat', 'smooth_leaky_relu', 0, 'softmax', 0, {}),
+    ('gat', 'leaky_relu', 3, 'softmax', 0, {}),
+    ('gatv2', 'smooth_leaky_relu', 2, 'softmax', 0, {}),
+    ('gat', 'smooth_leaky_relu', 0, 'gate', 0, {}),
+    ('gatv2', 'smooth_leaky_relu', 2, 'gate', 0, {}),
+    ('gat', 'smooth_leaky_relu', 0, 'gate', 3, {}),
+    ('gatv2', 'leaky_relu', 0, 'softmax', 2, {}),
+    ('gat', 'smooth_leaky_relu', 2, 'gate', 3, dict(score_state=False, value_channels=4)),
+    ('gatv2', 'leaky_relu', 0, 'gate', 0, dict(score_state=False)),
+    ('gat', 'leaky_relu', 0, 'softmax', 0, dict(value_channels=3)),
+    ('gat', 'smooth_leaky_relu', 2, 'gate', 2,
+     dict(score_state=False, value_channels=3, value_embedding=False)),
+    ('gatv2', 'leaky_relu', 0, 'gate', 0, dict(value_embedding=False)),
+    ('gat', 'smooth_leaky_relu', 0, 'gate', 'full',
+     dict(score_state=False, value_channels=3, value_embedding=False)),
+    ('gatv2', 'smooth_leaky_relu', 2, 'softmax', 'full', {})])
 @pytest.mark.parametrize('heads,concat,autocrine', [(1, True, False), (2, False, True),
                                                     (3, True, True)])
 def test_matches_dense_reference_float64(attention, act, type_dim, normalize, pair_dim,
-                                         heads, concat, autocrine):
+                                         extra, heads, concat, autocrine):
     torch.manual_seed(0)
     data = random_tissue(24, 6, num_cell_types=3, num_pairs=3, num_features=2,
                          autocrine=autocrine, seed=heads)
     conv = STAGEDConv(2, 4, num_genes=6, num_cell_types=3, heads=heads,
                       concat=concat, attention=attention, act=act,
                       type_dim=type_dim, normalize=normalize,
-                      pair_dim=pair_dim).double()
+                      pair_dim=pair_dim, **extra).double()
     _randomise(conv)
     x = data['gene'].x.double().requires_grad_()
 

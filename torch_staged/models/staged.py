@@ -10,7 +10,8 @@ from torch_staged.typing import CELL, GENE, REGULATES, RELATIONS
 
 SOLVER_KWARGS = ('method', 'rtol', 'atol', 'options', 'adjoint')
 #: the values of keys that configs of older versions lack
-LEGACY_CONFIG = {'normalize': 'softmax', 'pair_dim': 0}
+LEGACY_CONFIG = {'normalize': 'softmax', 'pair_dim': 0, 'score_state': True,
+                 'value_channels': 0, 'value_embedding': True}
 
 
 class IntegrationError(RuntimeError):
@@ -82,7 +83,9 @@ class STAGED(torch.nn.Module):
                  act: str = 'smooth_leaky_relu', signalling: bool = True,
                  backend: str = 'native', method: str = 'dopri5', rtol: float = 1e-3,
                  atol: float = 1e-4, options: Optional[Dict[str, Any]] = None,
-                 adjoint: bool = False, normalize: str = 'gate', pair_dim: int = 4):
+                 adjoint: bool = False, normalize: str = 'gate', pair_dim: int = 4,
+                 score_state: bool = True, value_channels: int = 0,
+                 value_embedding: bool = True):
         super().__init__()
         if not isinstance(augment, int) or augment < 0:
             raise ValueError(f"'augment' must be an integer >= 0 (got {augment!r})")
@@ -102,7 +105,9 @@ class STAGED(torch.nn.Module):
                             signalling=signalling, backend=backend,
                             method=method, rtol=rtol, atol=atol,
                             options=self.options, adjoint=adjoint, normalize=normalize,
-                            pair_dim=pair_dim)
+                            pair_dim=pair_dim, score_state=score_state,
+                            value_channels=value_channels,
+                            value_embedding=value_embedding)
         self.func = STAGEDODEFunc(num_genes, num_cell_types, channels=1 + augment,
                                   hidden_channels=hidden_channels,
                                   mlp_channels=mlp_channels, heads=heads,
@@ -110,7 +115,10 @@ class STAGED(torch.nn.Module):
                                   edge_dim=edge_dim,
                                   attention=attention, act=act, backend=backend,
                                   relations=RELATIONS if signalling else (REGULATES, ),
-                                  normalize=normalize, pair_dim=pair_dim)
+                                  normalize=normalize, pair_dim=pair_dim,
+                                  score_state=score_state,
+                                  value_channels=value_channels,
+                                  value_embedding=value_embedding)
         self.signalling = signalling
         self._repeated = None
 

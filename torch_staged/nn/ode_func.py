@@ -67,6 +67,10 @@ class STAGEDODEFunc(torch.nn.Module):
         pair_dim (int, optional): Rank of the layer's gene-pair score term
             (see :class:`STAGEDConv`; ignored with ``attention='mean'``).
             (default: :obj:`0`)
+        score_state (bool, optional): Whether the attention scores see the
+            expression state (see :class:`STAGEDConv`). (default: :obj:`True`)
+        value_channels (int, optional): Node-level value features of the layer
+            (see :class:`STAGEDConv`). (default: :obj:`0`)
 
     Shapes:
         - **input:** time :math:`()`, state :math:`(N G, F)` or :math:`(N G F)`
@@ -79,7 +83,8 @@ class STAGEDODEFunc(torch.nn.Module):
                  attention: str = 'gat',
                  act: str = 'smooth_leaky_relu', backend: str = 'native',
                  relations: Tuple[EdgeType, ...] = RELATIONS, normalize: str = 'softmax',
-                 pair_dim: int = 0):
+                 pair_dim: int = 0, score_state: bool = True, value_channels: int = 0,
+                 value_embedding: bool = True):
         super().__init__()
         if not isinstance(mlp_channels, int) or mlp_channels < 1:
             raise ValueError(f"'mlp_channels' must be a positive integer "
@@ -97,7 +102,9 @@ class STAGEDODEFunc(torch.nn.Module):
                                attention=conv_attention, act=act, backend=backend,
                                relations=relations,
                                normalize='softmax' if attention == 'mean' else normalize,
-                               pair_dim=0 if attention == 'mean' else pair_dim)
+                               pair_dim=0 if attention == 'mean' else pair_dim,
+                               score_state=score_state, value_channels=value_channels,
+                               value_embedding=value_embedding)
         if attention == 'mean':
             # Uniform attention: freeze the score parameters at zero.
             for name in ('att_src', 'att_dst', 'att_edge'):

@@ -20,7 +20,10 @@ def _scores(conv, key: int, h_src: Tensor, h_dst: Tensor, edge_term_in: Tensor,
     edge attributes ``edge_term_in [A, B, D_e]``: ``[A, B, H]``.
     """
     logits = _attention_scores(conv, key, h_src, h_dst, edge_term_in)
-    if conv.pair_dim:  # the gene-pair table, written out
+    if conv.pair_dim == 'full':  # a free logit per gene pair
+        table = conv.pair_table[key]  # [G, G, H]
+        logits = logits + table[src_gene][:, dst_gene]
+    elif conv.pair_dim:  # the gene-pair table, written out
         p_src = conv.pair_src[key][src_gene]  # [A, H, d]
         p_dst = conv.pair_dst[key][dst_gene]  # [B, H, d]
         logits = logits + torch.einsum('ahd,bhd->abh', p_src, p_dst)
@@ -31,6 +34,9 @@ def _attention_scores(conv, key: int, h_src: Tensor, h_dst: Tensor,
                       edge_term_in: Tensor) -> Tensor:
     R, K, H, C = conv.num_relations, conv.num_cell_types, conv.heads, conv.out_channels
     D = conv.node_dim_in
+    if not conv.score_state:  # the scores see the embeddings only
+        F_in = conv.in_channels
+        h_src, h_dst, D = h_src[:, F_in:], h_dst[:, F_in:], D - F_in
     if conv.attention == 'gat':
         a_src = conv.att_src.view(D, R * K, H)[:, key]  # [D, H]
         a_dst = conv.att_dst.view(D, R * K, H)[:, key]
@@ -82,6 +88,15 @@ def dense_staged_conv(conv, x: Tensor, data,
     cell_type = data[CELL].cell_type.tolist()
     node_type = data[CELL].cell_type[data[GENE].cell]
     h = conv.node_features(x, data[GENE].gene, node_type).view(num_cells, G, -1)
+    F_in = conv.in_channels
+    h_msg = h if conv.value_embedding else h[..., :F_in]
+    if conv.lin_value is not None:  # node-level value features, written out
+        W, b = conv.lin_value.weight, conv.lin_value.bias
+        psi = torch.tanh(h @ W.t() + b)
+        if not conv.value_embedding:  # centred at a silent source
+            silent = torch.cat([torch.zeros_like(h[..., :F_in]), h[..., F_in:]], -1)
+            psi = psi - torch.tanh(silent @ W.t() + b)
+        h_msg = torch.cat([h_msg, psi], dim=-1)
     D, De = h.size(-1), conv.edge_dim
     gene_of = {g: i for i, g in enumerate(data.gene_names)}
     pairs = [(gene_of[a], gene_of[b]) for a, b in data.lr_pairs]
@@ -96,7 +111,7 @@ def dense_staged_conv(conv, x: Tensor, data,
     outputs, reg_alpha, sig_alpha, sig_sources = [], [], [], []
     for c in range(num_cells):  # the explicit per-cell loop
         tau = cell_type[c]
-        h_c = h[c]  # [G, D]
+        h_c, v_c = h[c], h_msg[c]  # [G, D], [G, D + P]
 
         # intracellular: dense G x G attention, masked by the cell's GRN edges
         mask = torch.zeros(G, G, dtype=torch.bool)
@@ -105,7 +120,7 @@ def dense_staged_conv(conv, x: Tensor, data,
         genes = torch.arange(G)
         logits = _scores(conv, 0 * K + tau, h_c, h_c, h.new_zeros(G, G, De), genes, genes)
         alpha = _masked_softmax(logits, mask, conv.normalize)  # [G_src, G_dst, H]
-        agg = torch.einsum('abh,ad->bhd', alpha, h_c)
+        agg = torch.einsum('abh,ad->bhd', alpha, v_c)
         m_reg = torch.einsum('bhd,hdc->bhc', agg, conv.value[0, tau])
         reg_alpha.append(alpha)
 
@@ -119,16 +134,17 @@ def dense_staged_conv(conv, x: Tensor, data,
         sig_sources.append({j: p for p, j in enumerate(senders)})
         if J > 0 and L > 0:
             h_src = h[torch.tensor(senders)][:, lig].reshape(J * L, D)  # (j, l) rows
+            v_src = h_msg[torch.tensor(senders)][:, lig].reshape(J * L, -1)
             dist = torch.tensor(dists, dtype=x.dtype).repeat_interleave(L)
             attr = dist.view(J * L, 1, 1).expand(J * L, G, De)
             logits = _scores(conv, 1 * K + tau, h_src, h_c, attr, lig.repeat(J),
                              torch.arange(G))  # [J*L, G, H]
             mask = (rec.repeat(J).view(-1, 1) == torch.arange(G).view(1, -1))
             alpha = _masked_softmax(logits, mask, conv.normalize)
-            agg = torch.einsum('abh,ad->bhd', alpha, h_src)
+            agg = torch.einsum('abh,ad->bhd', alpha, v_src)
             sig_alpha.append(alpha.view(J, L, G, H))
         else:
-            agg = h.new_zeros(G, H, D)
+            agg = h.new_zeros(G, H, h_msg.size(-1))
             sig_alpha.append(None)
         m_sig = torch.einsum('bhd,hdc->bhc', agg, conv.value[1, tau])
         outputs.append(torch.stack([m_reg, m_sig], dim=1))  # [G, R, H, C]

@@ -75,7 +75,11 @@ class STAGEDConv(MessagePassing):
     \mathbf{p}^{dst}_{r,\tau(v),g(v)} \rangle` with learned factors in
     :math:`\mathbb{R}^d` per gene: a rank-:math:`d` table of gene -> gene
     biases, so that each target can rank (and, with gates, sign) the same
-    regulators differently even with GAT's additive score.
+    regulators differently even with GAT's additive score. With
+    ``pair_dim='full'`` the table is a free learned logit
+    :math:`p_{r,\tau(v),g(u),g(v)}` per gene pair (initialised at 0; memory
+    :math:`R K G^2 H`), so that every prior edge of every receiving type has a
+    strength of its own.
     :math:`\mathbf{e}_{uv}` are edge attributes (the distance between the two
     cells for signalling edges, zeros for intracellular ones). The output is
     :math:`[\mathbf{m}^{\text{regulates}}_v \,\Vert\, \mathbf{m}^{\text{signals}}_v]`
@@ -118,8 +122,9 @@ class STAGEDConv(MessagePassing):
             1 over the edges of a relation entering a target) or ``'gate'``
             (signed :math:`\tanh` gates, no normalisation).
             (default: :obj:`'softmax'`)
-        pair_dim (int, optional): Rank :math:`d` of the gene-pair score term
-            (0 disables it). (default: :obj:`0`)
+        pair_dim (int or str, optional): Rank :math:`d` of the gene-pair score
+            term (0 disables it), or ``'full'`` for a free logit per gene pair.
+            (default: :obj:`0`)
         backend (str, optional): ``'native'`` (pure PyTorch) or
             ``'torch_scatter'`` (CSR segment kernels, needs torch-scatter).
             (default: :obj:`'native'`)
@@ -199,7 +204,10 @@ class STAGEDConv(MessagePassing):
         backend: str = 'native',
         relations: Tuple[EdgeType, ...] = RELATIONS,
         normalize: str = 'softmax',
-        pair_dim: int = 0,
+        pair_dim: Union[int, str] = 0,
+        score_state: bool = True,
+        value_channels: int = 0,
+        value_embedding: bool = True,
         **kwargs,
     ):
         kwargs.setdefault('aggr', 'add')
@@ -211,7 +219,8 @@ class STAGEDConv(MessagePassing):
                                  ('heads', heads, 1), ('gene_dim', gene_dim, 0),
                                  ('type_dim', type_dim, 0),
                                  ('edge_dim', edge_dim, 0),
-                                 ('pair_dim', pair_dim, 0)):
+                                 ('pair_dim', 0 if pair_dim == 'full' else pair_dim, 0),
+                                 ('value_channels', value_channels, 0)):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"'{name}' must be an integer >= {low} "
                                  f"(got {value!r})")
@@ -243,32 +252,43 @@ class STAGEDConv(MessagePassing):
         self.attention = attention
         self.normalize = normalize
         self.pair_dim = pair_dim
+        self.score_state = bool(score_state)
+        self.value_channels = value_channels
+        self.value_embedding = bool(value_embedding)
         self.backend = check_backend(backend)
         self.relations = tuple(tuple(r) for r in relations)
 
         R, K, H, C = len(self.relations), num_cell_types, heads, out_channels
         D = in_channels + gene_dim + type_dim
+        D_score = D if self.score_state else D - in_channels  # rows of the scores
         self.gene_emb = (torch.nn.Embedding(num_genes, gene_dim)
                          if gene_dim > 0 else None)
         self.type_emb = (torch.nn.Embedding(num_cell_types, type_dim)
                          if type_dim > 0 else None)
         if attention == 'gat':
-            self.att_src = Parameter(torch.empty(D, R * K * H))
-            self.att_dst = Parameter(torch.empty(D, R * K * H))
+            self.att_src = Parameter(torch.empty(D_score, R * K * H))
+            self.att_dst = Parameter(torch.empty(D_score, R * K * H))
             self.att_edge = (Parameter(torch.empty(R * K, edge_dim, H))
                              if edge_dim > 0 else None)
         else:
-            self.lin_src = Parameter(torch.empty(D, R * K * H * C))
-            self.lin_dst = Parameter(torch.empty(D, R * K * H * C))
+            self.lin_src = Parameter(torch.empty(D_score, R * K * H * C))
+            self.lin_dst = Parameter(torch.empty(D_score, R * K * H * C))
             self.lin_edge = (Parameter(torch.empty(R * K, edge_dim, H * C))
                              if edge_dim > 0 else None)
             self.att = Parameter(torch.empty(R * K, H, C))
         # gene-pair score term: source and target gene factors per group
+        low_rank = pair_dim != 'full' and pair_dim > 0
         self.pair_src = (Parameter(torch.empty(R * K, num_genes, H, pair_dim))
-                         if pair_dim > 0 else None)
+                         if low_rank else None)
         self.pair_dst = (Parameter(torch.empty(R * K, num_genes, H, pair_dim))
-                         if pair_dim > 0 else None)
-        self.value = Parameter(torch.empty(R, K, H, D, C))
+                         if low_rank else None)
+        self.pair_table = (Parameter(torch.empty(R * K, num_genes, num_genes, H))
+                           if pair_dim == 'full' else None)
+        # node-level value features psi(h) = tanh(h W + b), before the edge pass
+        self.lin_value = (torch.nn.Linear(D, value_channels)
+                          if value_channels > 0 else None)
+        D_value = D if self.value_embedding else in_channels
+        self.value = Parameter(torch.empty(R, K, H, D_value + value_channels, C))
         out_dim = R * H * C if concat else R * C
         self.bias = Parameter(torch.empty(out_dim)) if bias else None
         self._fused_cache = None
@@ -283,8 +303,16 @@ class STAGEDConv(MessagePassing):
 
     @property
     def node_dim_in(self) -> int:
-        r"""Size :math:`D = F + \text{gene\_dim}` of :math:`\mathbf{h}_v`."""
+        r"""Size :math:`D = F + \text{gene\_dim} + \text{type\_dim}` of
+        :math:`\mathbf{h}_v`."""
         return self.in_channels + self.gene_dim + self.type_dim
+
+    @property
+    def message_dim(self) -> int:
+        r"""Size of the aggregated source features (see
+        :meth:`message_features`)."""
+        base = self.node_dim_in if self.value_embedding else self.in_channels
+        return base + self.value_channels
 
     @property
     def out_dim(self) -> int:
@@ -306,8 +334,10 @@ class STAGEDConv(MessagePassing):
             param = getattr(self, name, None)
             if param is not None:
                 glorot(param)
-        # V_{r, tau, h}: [D, C] per (relation, type, head)
-        bound = math.sqrt(6.0 / (self.node_dim_in + self.out_channels))
+        if self.lin_value is not None:
+            self.lin_value.reset_parameters()
+        # V_{r, tau, h}: [D + P, C] per (relation, type, head)
+        bound = math.sqrt(6.0 / (self.message_dim + self.out_channels))
         with torch.no_grad():
             self.value.uniform_(-bound, bound)
         zeros(self.bias)
@@ -315,6 +345,8 @@ class STAGEDConv(MessagePassing):
             std = 0.5 / math.sqrt(self.pair_dim)
             torch.nn.init.normal_(self.pair_src, std=std)
             torch.nn.init.normal_(self.pair_dst, std=std)
+        if self.pair_table is not None:
+            zeros(self.pair_table)
         self._fused_cache = None
 
     def fuse_graph(self, graph: GraphInput, cell_type: Optional[Tensor] = None,
@@ -416,6 +448,7 @@ class STAGEDConv(MessagePassing):
                              f"[{fused.num_nodes}, {self.in_channels}] (got "
                              f"{list(x.shape)})")
         h = self.node_features(x, fused.gene, fused.node_type)
+        h_msg = self.message_features(h)
         num_slots = fused.num_nodes * self.num_relations
 
         if source_shift is not None and source_shift.shape != (fused.num_edges,
@@ -426,12 +459,13 @@ class STAGEDConv(MessagePassing):
         alpha = self.edge_updater(fused.edge_index, h=h, key=fused.key,
                                   edge_attr=fused.edge_attr, slot_ptr=fused.slot_ptr,
                                   node_type=fused.node_type, source_shift=source_shift,
-                                  pair_rows=None if self.pair_src is None
+                                  pair_rows=None if not self.pair_dim
                                   else self.pair_rows(fused),
                                   size=(fused.num_nodes, num_slots))
-        out = self.propagate(fused.edge_index, h=h, alpha=alpha,
+        out = self.propagate(fused.edge_index, h=h_msg, alpha=alpha,
                              slot_ptr=fused.slot_ptr, fused=fused,
-                             source_shift=source_shift,
+                             source_shift=self._message_shift(source_shift, h,
+                                                              fused.edge_index[0]),
                              size=(fused.num_nodes, num_slots))  # [NG, R, H, C]
         out = out.flatten(1, 3) if self.concat else out.mean(dim=2).flatten(1, 2)
         if self.bias is not None:
@@ -451,6 +485,52 @@ class STAGEDConv(MessagePassing):
         """
         emb = self.node_embedding(gene, node_type, x.dtype)
         return x if emb is None else torch.cat([x, emb], dim=-1)
+
+    def message_features(self, h: Tensor) -> Tensor:
+        r"""The aggregated source features, ``[N*G, message_dim]``:
+        :math:`\mathbf{h}_u \Vert \boldsymbol{\psi}(\mathbf{h}_u)` with the
+        node-level value features :math:`\boldsymbol{\psi}(\mathbf{h}) =
+        \tanh(\mathbf{W}_\psi \mathbf{h} + \mathbf{b}_\psi) \in \mathbb{R}^P`
+        (:obj:`value_channels` :math:`= P`, none when 0). With
+        :obj:`value_embedding=False` the embeddings are left out and the value
+        features are centred at a silent source,
+        :math:`\mathbf{x}_u \Vert \boldsymbol{\psi}(\mathbf{h}_u) -
+        \boldsymbol{\psi}(\mathbf{0} \Vert \mathbf{e}_{g(u)})`: a message is
+        then 0 when its sources are not expressed, so an edge cannot act as a
+        constant bias of its target.
+        """
+        F_in = self.in_channels
+        parts = [h if self.value_embedding else h[:, :F_in]]
+        if self.lin_value is not None:
+            pre = self.lin_value(h)
+            psi = torch.tanh(pre)
+            if not self.value_embedding:
+                silent = pre - h[:, :F_in] @ self.lin_value.weight[:, :F_in].t()
+                psi = psi - torch.tanh(silent)
+            parts.append(psi)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+    def _message_shift(self, source_shift: Optional[Tensor], h: Tensor,
+                       src: Tensor) -> Optional[Tensor]:
+        r"""The first-order change ``[E, D + P]`` of each edge's source features
+        for the per-edge state shifts :math:`\delta_e` (exact for the gradient
+        at :math:`\delta = 0`): :math:`\delta_e` on the state channels, 0 on
+        the embeddings and :math:`(1 - \psi_u^2) \odot \mathbf{W}_\psi^{x}
+        \delta_e` on the value features.
+        """
+        if source_shift is None:
+            return None
+        F_in = self.in_channels
+        parts = [source_shift]
+        if self.value_embedding:
+            parts.append(source_shift.new_zeros(source_shift.size(0),
+                                                self.node_dim_in - F_in))
+        if self.lin_value is not None:
+            # d tanh(pre) / d pre = 1 - tanh(pre)^2 at the unshifted source
+            psi = torch.tanh(self.lin_value(h)).index_select(0, src)
+            w_x = self.lin_value.weight[:, :F_in]  # [P, F]
+            parts.append((1.0 - psi * psi) * (source_shift @ w_x.t()))
+        return torch.cat(parts, dim=-1)
 
     def node_embedding(self, gene: Tensor, node_type: Optional[Tensor] = None,
                        dtype: Optional[torch.dtype] = None) -> Optional[Tensor]:
@@ -487,6 +567,8 @@ class STAGEDConv(MessagePassing):
                       self.out_channels)
         num_nodes = h.size(0)
         src_key = edge_index_j * (R * K) + key  # row of (source, group)
+        if not self.score_state:  # the scores see the embeddings only
+            h, source_shift = h[:, self.in_channels:], None
         if self.attention == 'gat':
             # Node terms for every (relation, type) group, then one scalar per
             # edge and head is gathered (DESIGN section 3).
@@ -549,6 +631,10 @@ class STAGEDConv(MessagePassing):
         :math:`g(v)` (rows from :meth:`pair_rows`): a rank-:obj:`pair_dim` table of
         gene -> gene biases that does not depend on the state.
         """
+        if self.pair_table is not None:  # row (k * G + g(u)) * G + g(v)
+            G = self.num_genes
+            rows = src_rows * G + torch.remainder(dst_rows, G)
+            return self.pair_table.view(-1, self.heads).index_select(0, rows)
         src = self.pair_src.flatten(0, 1).index_select(0, src_rows)
         dst = self.pair_dst.flatten(0, 1).index_select(0, dst_rows)
         return (src * dst).sum(-1)
@@ -568,19 +654,16 @@ class STAGEDConv(MessagePassing):
         """
         out = weighted_aggregate(inputs, h, edge_index_j, index, slot_ptr,
                                  dim_size, self.backend)  # [NG * R, H, D]
-        if source_shift is not None:
-            pad = source_shift.new_zeros(source_shift.size(0),
-                                         self.gene_dim + self.type_dim)
-            shift = torch.cat([source_shift, pad], dim=-1)
-            out = out + segment_sum(inputs.unsqueeze(-1) * shift.unsqueeze(1), index,
-                                    slot_ptr, dim_size, self.backend)
+        if source_shift is not None:  # [E, D + P] from _message_shift
+            out = out + segment_sum(inputs.unsqueeze(-1) * source_shift.unsqueeze(1),
+                                    index, slot_ptr, dim_size, self.backend)
         return out
 
     def update(self, inputs: Tensor, fused: FusedGeneGraph) -> Tensor:
         r"""Applies :math:`\mathbf{V}_{r,\tau}` per target cell type, ``[N*G, R, H, C]``."""
         # V_{r, tau} applied after aggregation, one matmul per cell type.
         R, H = self.num_relations, self.heads
-        agg = inputs.view(-1, R, H, self.node_dim_in)
+        agg = inputs.view(-1, R, H, self.message_dim)
         if agg.size(0) == 0:
             return agg.new_zeros(0, R, H, self.out_channels)
         return fused.per_type(agg, lambda t, rows: torch.einsum(
@@ -593,7 +676,13 @@ class STAGEDConv(MessagePassing):
         if self.normalize != 'softmax':
             extra += f", normalize='{self.normalize}'"
         if self.pair_dim:
-            extra += f", pair_dim={self.pair_dim}"
+            extra += f", pair_dim={self.pair_dim!r}"
+        if not self.score_state:
+            extra += ", score_state=False"
+        if self.value_channels:
+            extra += f", value_channels={self.value_channels}"
+        if not self.value_embedding:
+            extra += ", value_embedding=False"
         if self.act != 'leaky_relu':
             extra += f", act='{self.act}'"
         if self.backend != 'native':
