@@ -118,15 +118,21 @@ def test_nan_guard_names_time_and_remedy():
         model(data, torch.linspace(0, 5, 6))
 
 
-@pytest.mark.parametrize('normalize', ['softmax', 'gate'])
-def test_stacked_intervals_equal_one_by_one(normalize):
+@pytest.mark.parametrize('normalize,extra', [
+    ('softmax', {}), ('gate', {}),
+    ('gate', dict(score_state=False, value_channels=3, value_embedding=False,
+                  pair_dim='full')),
+    ('softmax', dict(attention='mean'))])
+def test_stacked_intervals_equal_one_by_one(normalize, extra):
     # solve_intervals / rates: C copies of the graph in one solve equal C solves,
-    # in outputs and gradients (float64); repeat() keeps per-relation edge order
+    # in outputs and gradients (float64); repeat() keeps per-relation edge order.
+    # Static scores take the batched path (one graph, a batch of states).
     torch.manual_seed(0)
     data = random_tissue(10, 4, num_cell_types=2, num_pairs=2, k=3, seed=3)
     model = STAGED(4, 2, hidden_channels=4, mlp_channels=8, heads=2, augment=1,
-                   attention='gatv2', normalize=normalize, rtol=1e-10,
-                   atol=1e-10).double()
+                   **{'attention': 'gatv2', 'normalize': normalize, **extra},
+                   rtol=1e-10, atol=1e-10).double()
+    assert model.static_scores == ('score_state' in extra or 'attention' in extra)
     x0 = torch.randn(3, 10, 4, dtype=torch.float64)
     dt = torch.tensor([0.5, 0.2, 0.3], dtype=torch.float64)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -128,3 +128,37 @@ def test_fused_structure_is_cached():
     # slots are sorted: one segment per (target, relation)
     assert bool((fused.slot[1:] >= fused.slot[:-1]).all())
     assert torch.equal(conv(data['gene'].x, fused), conv(data['gene'].x, data))
+
+
+@pytest.mark.parametrize('extra', [dict(value_channels=3, value_embedding=False),
+                                   dict(type_dim=2, pair_dim='full'), dict(gene_dim=0)])
+def test_batch_of_states_equals_one_by_one_float64(extra):
+    # static scores: B states of one tissue in one pass == B separate passes,
+    # in outputs and in every gradient
+    torch.manual_seed(0)
+    data = random_tissue(12, 5, num_cell_types=2, num_pairs=2, seed=3)
+    conv = STAGEDConv(1, 4, num_genes=5, num_cell_types=2, heads=2, normalize='gate',
+                      score_state=False, **extra).double()
+    _randomise(conv)
+    x = torch.randn(data['gene'].num_nodes, 3, 1, dtype=torch.float64,
+                    requires_grad=True)
+    out = conv(x, data)
+    singles = torch.stack([conv(x[:, b], data) for b in range(3)], dim=1)
+    assert out.shape == singles.shape == (data['gene'].num_nodes, 3, conv.out_dim)
+    assert torch.allclose(out, singles, atol=1e-12, rtol=0)
+    weight = torch.randn_like(out)
+    params = [x] + list(conv.parameters())
+    grads = torch.autograd.grad((out * weight).sum(), params, allow_unused=True)
+    ref = torch.autograd.grad((singles * weight).sum(), params, allow_unused=True)
+    for g, r in zip(grads, ref):
+        assert (g is None) == (r is None)
+        if g is not None:
+            assert torch.allclose(g, r, atol=1e-10, rtol=0)
+
+
+def test_batch_of_states_needs_static_scores():
+    data = random_tissue(6, 3, seed=1)
+    conv = STAGEDConv(1, 2, num_genes=3, num_cell_types=3)
+    x = torch.randn(data['gene'].num_nodes, 2, 1)
+    with pytest.raises(ValueError, match='score_state=False'):
+        conv(x, data)

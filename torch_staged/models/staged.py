@@ -212,8 +212,11 @@ class STAGED(torch.nn.Module):
 
         which is exact because :math:`f_\theta` does not depend on time. One
         solver call and one backward pass replace :math:`C`; the adaptive step
-        follows the hardest copy. (Clamped cells need their own times: solve
-        those one by one with :meth:`forward`.)
+        follows the hardest copy. With static scores (``score_state=False``, or
+        ``attention='mean'``) the :math:`C` states are a batch ``[N*G, C, F]``
+        of one graph, so the attention coefficients are computed once per
+        evaluation, not :math:`C` times. (Clamped cells need their own times:
+        solve those one by one with :meth:`forward`.)
 
         Args:
             graph: The tissue (:class:`~torch_geometric.data.HeteroData` or fused).
@@ -231,7 +234,10 @@ class STAGED(torch.nn.Module):
                              f"initial state (got {dt.tolist()})")
         fused = self._set_copies(graph, copies)
         state = self._stacked_state(x0)
-        scale = dt.repeat_interleave(fused.num_nodes).unsqueeze(-1)
+        if self.static_scores:
+            scale = dt.view(1, -1, 1)
+        else:
+            scale = dt.repeat_interleave(fused.num_nodes).unsqueeze(-1)
         options = dict(self.options)
         if 'step_size' in options:  # the same largest step in real time
             options['step_size'] = float(options['step_size']) / float(dt.max())
@@ -239,7 +245,7 @@ class STAGED(torch.nn.Module):
         s = torch.tensor([0.0, 1.0], dtype=state.dtype, device=state.device)
         out = self.integrate(state, s, func=rescaled, options=options)
         self.func.set_graph(fused)
-        return out[-1, :, 0].reshape(x0.shape)
+        return self._unstack(out[-1], x0.shape)
 
     def rates(self, graph, x: Tensor) -> Tensor:
         r"""The rates of change :math:`f_\theta(\mathbf{x}_c)` of :math:`C`
@@ -258,13 +264,23 @@ class STAGED(torch.nn.Module):
         state = self._stacked_state(x)
         out = self.func(torch.zeros((), dtype=state.dtype, device=state.device), state)
         self.func.set_graph(fused)
-        return out[:, 0].reshape(x.shape)
+        return self._unstack(out, x.shape)
+
+    @property
+    def static_scores(self) -> bool:
+        """Whether the attention coefficients do not depend on the state
+        (``score_state=False`` or ``attention='mean'``), so that a batch of
+        states shares them."""
+        return not self.func.conv.score_state
 
     def _set_copies(self, graph, copies: int) -> FusedGeneGraph:
-        """Sets the graph of :obj:`copies` copies of :obj:`graph` (cached) and
+        """Sets the graph of :obj:`copies` copies of :obj:`graph` (cached; the
+        graph itself with static scores, whose states are then batched) and
         returns the fused single graph (to set back after the solve).
         """
         fused = self.func.set_graph(graph).graph
+        if self.static_scores:
+            return fused
         cached = self._repeated  # (the graph's edge index, copies, repeated graph)
         if cached is None or cached[0] is not fused.edge_index or cached[1] != copies:
             self._repeated = (fused.edge_index, copies, fused.repeat(copies))
@@ -272,10 +288,21 @@ class STAGED(torch.nn.Module):
         return fused
 
     def _stacked_state(self, x: Tensor) -> Tensor:
-        state = x.reshape(-1, 1).to(self.func.decay)
+        """The solver state of :math:`C` expression states ``[C, ...]``:
+        ``[N*G, C, F]`` (a batch) with static scores, else ``[C*N*G, F]``
+        (the copies of the repeated graph)."""
+        copies = x.size(0)
+        state = x.reshape(copies, -1, 1).to(self.func.decay)
         if self.augment:
-            state = torch.cat([state, state.new_zeros(state.size(0), self.augment)], -1)
-        return state
+            state = torch.cat([state, state.new_zeros(state.shape[:2] + (self.augment, ))],
+                              -1)
+        return state.transpose(0, 1) if self.static_scores else state.flatten(0, 1)
+
+    def _unstack(self, state: Tensor, shape: torch.Size) -> Tensor:
+        """The expression channel of a stacked solver state, shaped ``shape``."""
+        if self.static_scores:
+            return state[..., 0].t().reshape(shape)
+        return state[:, 0].reshape(shape)
 
     def forward(self, data, t: Tensor, x0: Optional[Tensor] = None) -> Tensor:
         r"""Integrates from :obj:`x0` ``[N, G]`` at :obj:`t[0]` and returns the

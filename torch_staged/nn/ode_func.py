@@ -96,6 +96,8 @@ class STAGEDODEFunc(torch.nn.Module):
         self.mlp_channels = mlp_channels
         self.attention = attention
         conv_attention = 'gat' if attention == 'mean' else attention
+        if attention == 'mean':  # frozen zero scores: static by construction
+            score_state = False
         self.conv = STAGEDConv(channels, hidden_channels, num_genes, num_cell_types,
                                heads=heads, gene_dim=gene_dim, type_dim=type_dim,
                                edge_dim=edge_dim,
@@ -197,19 +199,27 @@ class STAGEDODEFunc(torch.nn.Module):
     def forward(self, t: Tensor, x: Tensor, source_shift: Optional[Tensor] = None
                 ) -> Tensor:
         r"""Returns :math:`d\mathbf{x}/dt` at time :obj:`t` for state :obj:`x`
-        (see :class:`STAGEDConv` for :obj:`source_shift`).
+        (see :class:`STAGEDConv` for :obj:`source_shift`). A 3-D state
+        ``[N*G, B, F]`` is a batch of :math:`B` states of the same tissue,
+        evaluated in one pass (static scores only, see :class:`STAGEDConv`).
         """
         self.nfe += 1
         fused = self.graph
-        state = x.view(fused.num_nodes, self.channels)
+        batched = x.dim() == 3
+        if batched and self._clamp is not None:
+            raise ValueError("A batch of states cannot have clamped cells: solve "
+                             "those one by one")
+        state = x if batched else x.view(fused.num_nodes, self.channels)
         if self._clamp is not None:
             mask = self._clamp[0]
             state = torch.where(mask, self._clamp_values(t), state)
         messages = self.conv(state, fused, source_shift=source_shift)
         emb = self.conv.node_embedding(fused.gene, fused.node_type, state.dtype)
+        if emb is not None and batched:
+            emb = emb.unsqueeze(1).expand(-1, state.size(1), -1)
         z = torch.cat([state, messages] + ([] if emb is None else [emb]), dim=-1)
         decay = F.softplus(self.decay)[fused.node_type, fused.gene].unsqueeze(-1)
-        dx = self.mlp(z) - decay * state
+        dx = self.mlp(z) - (decay.unsqueeze(1) if batched else decay) * state
         if self._clamp is not None:
             dx = dx.masked_fill(self._clamp[0], 0.0)
         return dx.view_as(x)

@@ -66,6 +66,7 @@ class _Unit:
     val_mask: Tensor  # [N*G] bool, nodes of the validation metric
     clamp: Optional[Tensor]  # [N*G] bool, nodes that follow their observations
     fused: Optional[Any] = None  # the unit's FusedGeneGraph, built on first use
+    weight: Optional[Tensor] = None  # [N*G] per-node loss weights (gene_weights)
     zero_loss: Dict[Tuple[int, int], float] = field(default_factory=dict)
 
 
@@ -170,9 +171,72 @@ def _solve_window(model: STAGED, unit: _Unit, times: Tensor, start: int, end: in
     return out[1:, :, 0]
 
 
-def _masked_loss(loss_fn: Callable, pred: Tensor, target: Tensor, mask: Tensor
-                 ) -> Tensor:
-    return loss_fn(pred[:, mask], target[:, mask])
+def _masked_loss(loss_fn: Callable, pred: Tensor, target: Tensor, mask: Tensor,
+                 weight: Optional[Tensor] = None) -> Tensor:
+    """``loss_fn`` on the nodes of :obj:`mask`, both sides scaled by the
+    nodes' :obj:`weight` (so that MSE weighs node :math:`v` by :math:`w_v^2`).
+    """
+    if weight is None:
+        return loss_fn(pred[:, mask], target[:, mask])
+    w = weight[mask]
+    return loss_fn(pred[:, mask] * w, target[:, mask] * w)
+
+
+GENE_WEIGHTS = ('rate', 'type_rate', None)
+
+
+def _weight_keys(unit: _Unit, by_type: bool) -> Tensor:
+    """``[N*G]`` row of each node in the weight table: its gene, or (cell type,
+    gene) as ``type * G + gene``."""
+    gene = unit.data[GENE].gene
+    if not by_type:
+        return gene
+    node_type = unit.data[CELL].cell_type.index_select(0, unit.data[GENE].cell)
+    return node_type * unit.data.num_genes + gene
+
+
+def _gene_weights(units: List[_Unit], times: Tensor, last_train: int,
+                  gene_weights: Union[str, Tensor, None], world: int,
+                  num_cell_types: int, device) -> Optional[List[Tensor]]:
+    r"""Per-node loss weights ``[N*G]`` of every unit (see :func:`fit`). With
+    ``'rate'``, :math:`w_g \propto 1 / \max(s_g, 0.1\,\mathrm{median}_h\,
+    s_h)` for the standard deviation :math:`s_g` of gene :math:`g`'s
+    finite-difference rates over the training cells and intervals (summed over
+    all ranks), scaled so that :math:`\overline{w^2} = 1`; ``'type_rate'``
+    does the same per (cell type, gene).
+    """
+    if gene_weights is None or not units:
+        return None
+    G = units[0].data.num_genes
+    if isinstance(gene_weights, Tensor):
+        w = gene_weights.detach().to(device=device, dtype=times.dtype).reshape(-1)
+        if w.numel() != G or not bool(torch.isfinite(w).all()) or not bool((w > 0).all()):
+            raise ValueError(f"'gene_weights' must hold {G} positive finite weights, "
+                             f"one per gene (got {list(gene_weights.shape)})")
+        return [w.index_select(0, _weight_keys(u, False).to(device)) for u in units]
+    by_type = gene_weights == 'type_rate'
+    rows = G * (num_cell_types if by_type else 1)
+    stats = torch.zeros(3, rows, dtype=torch.float64, device=device)
+    dt = (times[1:last_train + 1] - times[:last_train]).unsqueeze(-1)
+    for unit in units:
+        traj = unit.traj[:last_train + 1]
+        slope = ((traj[1:] - traj[:-1]) / dt)[:, unit.loss_mask].double()
+        key = _weight_keys(unit, by_type).to(device)[unit.loss_mask]
+        key = key.expand(slope.size(0), -1).reshape(-1)
+        slope = slope.reshape(-1)
+        for row, values in enumerate((torch.ones_like(slope), slope, slope * slope)):
+            stats[row].index_add_(0, key, values)
+    if world > 1:
+        stats = torch.tensor(dist.all_reduce_sum(stats.view(-1).tolist(), device),
+                             dtype=torch.float64, device=device).view(3, rows)
+    count = stats[0].clamp_min(1)
+    sd = (stats[2] / count - (stats[1] / count) ** 2).clamp_min(0).sqrt()
+    positive = sd[(sd > 0) & (stats[0] > 1)]
+    floor = 0.1 * float(positive.median()) if positive.numel() else 1.0
+    w = 1.0 / sd.clamp_min(floor)
+    seen = stats[0] > 0
+    w = (w / w[seen].pow(2).mean().sqrt()).to(times.dtype)
+    return [w.index_select(0, _weight_keys(u, by_type).to(device)) for u in units]
 
 
 def _json_ready(value):
@@ -190,7 +254,7 @@ def _zero_loss(unit: _Unit, loss_fn: Callable, a: int, b: int, target: Tensor
     """The loss of predicting zero on window ``(a, b)``: the data's scale."""
     if (a, b) not in unit.zero_loss:
         unit.zero_loss[(a, b)] = float(_masked_loss(
-            loss_fn, torch.zeros_like(target), target, unit.loss_mask))
+            loss_fn, torch.zeros_like(target), target, unit.loss_mask, unit.weight))
     return unit.zero_loss[(a, b)]
 
 
@@ -325,7 +389,7 @@ def _job_loss(loop: _Loop, graph_id: int, a: int, b: int, epoch: int, step: int
     except IntegrationError as err:
         raise IntegrationError(f"Epoch {epoch}, step {step} (graph {graph_id}, window "
                                f"t[{a}]->t[{b}]): {err}") from None
-    value = _masked_loss(loop.loss_fn, pred, target, unit.loss_mask)
+    value = _masked_loss(loop.loss_fn, pred, target, unit.loss_mask, unit.weight)
     loop.first_loss = loop.first_loss or float(value.detach())
     scale = max(_zero_loss(unit, loop.loss_fn, a, b, target), loop.first_loss)
     _check_divergence(float(value.detach()), scale, loop.divergence, epoch, step)
@@ -391,6 +455,7 @@ def fit(
     restore_best: bool = True,
     tiles_per_step: int = 1,
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.mse_loss,
+    gene_weights: Union[str, Tensor, None] = 'rate',
     cell_order: str = 'input',
     seed: int = 0,
     checkpoint: Optional[Union[str, os.PathLike]] = None,
@@ -471,6 +536,15 @@ def fit(
         tiles_per_step (int, optional): Graphs (tiles) per optimiser step.
             (default: :obj:`1`)
         loss_fn (callable, optional): ``loss_fn(pred, target)``. (default: MSE)
+        gene_weights (str, Tensor or None, optional): Weights of the genes in
+            the loss (both arguments of :obj:`loss_fn` are scaled by them):
+            ``'rate'`` weighs gene :math:`g` by the inverse standard deviation of
+            its observed rates of change (floored at a tenth of the median
+            gene's, mean square weight 1), so that slow genes count as much as
+            fast ones, as a per-gene standardised regression would;
+            ``'type_rate'`` does so per (cell type, gene); a ``[G]``
+            tensor gives them; :obj:`None` weighs every node alike. The default
+            was chosen on ``benchmarks/science.py``. (default: :obj:`'rate'`)
         cell_order (str, optional): Order of the cells of :obj:`X`: ``'input'``
             (as given to the builder) or ``'graph'``. (default: :obj:`'input'`)
         seed (int, optional): Seed of the shuffling and of the held-out cells.
@@ -528,6 +602,9 @@ def fit(
     """
     if loss not in LOSS_MODES:
         raise ValueError(f"'loss' must be one of {LOSS_MODES} (got '{loss}')")
+    if not isinstance(gene_weights, Tensor) and gene_weights not in GENE_WEIGHTS:
+        raise ValueError(f"'gene_weights' must be one of {GENE_WEIGHTS} or a [G] "
+                         f"tensor (got {gene_weights!r})")
     if holdout not in HOLDOUTS:
         raise ValueError(f"'holdout' must be one of {HOLDOUTS} (got '{holdout}')")
     if scheduler not in SCHEDULERS:
@@ -554,6 +631,10 @@ def fit(
     units, times, last_train, num_graphs = _prepare_units(
         data, X, t, holdout, holdout_size, cell_order, device, dtype, generator,
         rank, world)
+    weights = _gene_weights(units, times, last_train, gene_weights, world,
+                            model.num_cell_types, device)
+    for index, unit in enumerate(units):
+        unit.weight = None if weights is None else weights[index]
     windows = _windows(loss, last_train, window)
     if not windows:
         raise ValueError("No training window: keep at least two training times")
@@ -577,6 +658,8 @@ def fit(
         scheduler=scheduler, clip_grad=clip_grad, holdout=holdout,
         holdout_size=holdout_size, patience=patience, tiles_per_step=tiles_per_step,
         cell_order=cell_order, seed=seed, world_size=world,
+        gene_weights=(gene_weights if not isinstance(gene_weights, Tensor)
+                      else gene_weights.tolist()),
         restore_best=restore_best))
     result = FitResult()
     best_state = None
@@ -733,9 +816,10 @@ def _validate(model: STAGED, units: List[_Unit], times: Tensor, holdout: Optiona
         for a, b in pairs:
             pred = _solve_window(model, unit, times, a, b, stacked and holdout != 'time')
             target = unit.traj[a + 1:b + 1]
-            total += weights * float(_masked_loss(loss_fn, pred, target, unit.val_mask))
+            total += weights * float(_masked_loss(loss_fn, pred, target, unit.val_mask,
+                                                  unit.weight))
             zero += weights * float(_masked_loss(loss_fn, torch.zeros_like(target),
-                                                 target, unit.val_mask))
+                                                 target, unit.val_mask, unit.weight))
             weight += weights
     model.train()
     return total, weight, zero

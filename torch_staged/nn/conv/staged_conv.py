@@ -424,7 +424,11 @@ class STAGEDConv(MessagePassing):
         r"""Runs the layer.
 
         Args:
-            x (Tensor or dict): Gene-node states ``[N*G, F]`` (or ``{'gene': x}``).
+            x (Tensor or dict): Gene-node states ``[N*G, F]`` (or ``{'gene': x}``),
+                or a batch of :math:`B` states of the same tissue ``[N*G, B, F]``
+                (with :obj:`score_state=False` only: the attention coefficients
+                are then computed once and shared by the batch, and the output
+                is ``[N*G, B, out_dim]``).
             graph: The tissue graph (see :meth:`fuse_graph`).
             cell_type (Tensor, optional): ``[N]`` cell types (edge index dict only).
             edge_attr_dict (dict, optional): Edge attributes (edge index dict only).
@@ -443,31 +447,26 @@ class STAGEDConv(MessagePassing):
             x = x.unsqueeze(-1)
         fused = self.fuse_graph(graph, cell_type, edge_attr_dict, device=x.device,
                           dtype=x.dtype)
-        if x.size(0) != fused.num_nodes or x.size(1) != self.in_channels:
-            raise ValueError(f"'x' must have shape [num_gene_nodes, in_channels] = "
-                             f"[{fused.num_nodes}, {self.in_channels}] (got "
-                             f"{list(x.shape)})")
+        self._check_state(x, fused, source_shift)
+        batch = x.size(1) if x.dim() == 3 else 0
         h = self.node_features(x, fused.gene, fused.node_type)
         h_msg = self.message_features(h)
         num_slots = fused.num_nodes * self.num_relations
-
-        if source_shift is not None and source_shift.shape != (fused.num_edges,
-                                                               self.in_channels):
-            raise ValueError(f"'source_shift' must have shape [num_edges, in_channels] "
-                             f"= [{fused.num_edges}, {self.in_channels}] (got "
-                             f"{list(source_shift.shape)})")
-        alpha = self.edge_updater(fused.edge_index, h=h, key=fused.key,
+        alpha = self.edge_updater(fused.edge_index, h=self.score_features(h, fused),
+                                  key=fused.key,
                                   edge_attr=fused.edge_attr, slot_ptr=fused.slot_ptr,
                                   node_type=fused.node_type, source_shift=source_shift,
                                   pair_rows=None if not self.pair_dim
                                   else self.pair_rows(fused),
                                   size=(fused.num_nodes, num_slots))
-        out = self.propagate(fused.edge_index, h=h_msg, alpha=alpha,
+        out = self.propagate(fused.edge_index, h=h_msg.flatten(1), alpha=alpha,
                              slot_ptr=fused.slot_ptr, fused=fused,
                              source_shift=self._message_shift(source_shift, h,
                                                               fused.edge_index[0]),
-                             size=(fused.num_nodes, num_slots))  # [NG, R, H, C]
-        out = out.flatten(1, 3) if self.concat else out.mean(dim=2).flatten(1, 2)
+                             batch=max(batch, 1),
+                             size=(fused.num_nodes, num_slots))  # [NG, B, R, H, C]
+        out = out.flatten(2, 4) if self.concat else out.mean(dim=3).flatten(2, 3)
+        out = out if batch else out.squeeze(1)
         if self.bias is not None:
             out = out + self.bias
 
@@ -478,13 +477,47 @@ class STAGEDConv(MessagePassing):
                          for r, rel in enumerate(self.relations)}
         return out
 
+    def _check_state(self, x: Tensor, fused: FusedGeneGraph,
+                     source_shift: Optional[Tensor]) -> None:
+        """Raises a clear error for a state or shift of the wrong shape."""
+        if (x.dim() not in (2, 3) or x.size(0) != fused.num_nodes
+                or x.size(-1) != self.in_channels):
+            raise ValueError(f"'x' must have shape [num_gene_nodes, in_channels] = "
+                             f"[{fused.num_nodes}, {self.in_channels}] (got "
+                             f"{list(x.shape)}); a batch of states is [num_gene_nodes, "
+                             f"batch, in_channels]")
+        if x.dim() == 3 and (self.score_state or source_shift is not None):
+            raise ValueError("A batch of states [num_gene_nodes, batch, in_channels] "
+                             "needs static scores (score_state=False) and no "
+                             "'source_shift'; for state-dependent scores, repeat the "
+                             "graph instead (FusedGeneGraph.repeat)")
+        if source_shift is not None and source_shift.shape != (fused.num_edges,
+                                                               self.in_channels):
+            raise ValueError(f"'source_shift' must have shape [num_edges, in_channels] "
+                             f"= [{fused.num_edges}, {self.in_channels}] (got "
+                             f"{list(source_shift.shape)})")
+
     def node_features(self, x: Tensor, gene: Tensor,
                       node_type: Optional[Tensor] = None) -> Tensor:
         r"""The layer's node input :math:`\mathbf{h}_v = \mathbf{x}_v \Vert
-        \mathbf{e}_{g(v)} \Vert \mathbf{c}_{\tau(v)}`, shape ``[N*G, D]``.
+        \mathbf{e}_{g(v)} \Vert \mathbf{c}_{\tau(v)}`, shape ``[N*G, D]`` (or
+        ``[N*G, B, D]`` for a batch of states ``[N*G, B, F]``).
         """
         emb = self.node_embedding(gene, node_type, x.dtype)
-        return x if emb is None else torch.cat([x, emb], dim=-1)
+        if emb is None:
+            return x
+        if x.dim() == 3:
+            emb = emb.unsqueeze(1).expand(-1, x.size(1), -1)
+        return torch.cat([x, emb], dim=-1)
+
+    def score_features(self, h: Tensor, fused: FusedGeneGraph) -> Tensor:
+        r"""What the attention scores see, ``[N*G, D]``: :math:`\mathbf{h}_v`,
+        or only its embedding part with :obj:`score_state=False`.
+        """
+        if self.score_state:
+            return h
+        emb = self.node_embedding(fused.gene, fused.node_type, h.dtype)
+        return h.new_zeros(h.size(0), 0) if emb is None else emb
 
     def message_features(self, h: Tensor) -> Tensor:
         r"""The aggregated source features, ``[N*G, message_dim]``:
@@ -500,12 +533,12 @@ class STAGEDConv(MessagePassing):
         constant bias of its target.
         """
         F_in = self.in_channels
-        parts = [h if self.value_embedding else h[:, :F_in]]
+        parts = [h if self.value_embedding else h[..., :F_in]]
         if self.lin_value is not None:
             pre = self.lin_value(h)
             psi = torch.tanh(pre)
             if not self.value_embedding:
-                silent = pre - h[:, :F_in] @ self.lin_value.weight[:, :F_in].t()
+                silent = pre - h[..., :F_in] @ self.lin_value.weight[:, :F_in].t()
                 psi = psi - torch.tanh(silent)
             parts.append(psi)
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
@@ -567,8 +600,8 @@ class STAGEDConv(MessagePassing):
                       self.out_channels)
         num_nodes = h.size(0)
         src_key = edge_index_j * (R * K) + key  # row of (source, group)
-        if not self.score_state:  # the scores see the embeddings only
-            h, source_shift = h[:, self.in_channels:], None
+        if not self.score_state:  # h holds the embeddings only
+            source_shift = None
         if self.attention == 'gat':
             # Node terms for every (relation, type) group, then one scalar per
             # edge and head is gathered (DESIGN section 3).
@@ -659,15 +692,16 @@ class STAGEDConv(MessagePassing):
                                     index, slot_ptr, dim_size, self.backend)
         return out
 
-    def update(self, inputs: Tensor, fused: FusedGeneGraph) -> Tensor:
-        r"""Applies :math:`\mathbf{V}_{r,\tau}` per target cell type, ``[N*G, R, H, C]``."""
+    def update(self, inputs: Tensor, fused: FusedGeneGraph, batch: int = 1) -> Tensor:
+        r"""Applies :math:`\mathbf{V}_{r,\tau}` per target cell type,
+        ``[N*G, B, R, H, C]`` (:math:`B = 1` without a batch of states)."""
         # V_{r, tau} applied after aggregation, one matmul per cell type.
         R, H = self.num_relations, self.heads
-        agg = inputs.view(-1, R, H, self.message_dim)
+        agg = inputs.view(-1, R, H, batch, self.message_dim)
         if agg.size(0) == 0:
-            return agg.new_zeros(0, R, H, self.out_channels)
+            return agg.new_zeros(0, batch, R, H, self.out_channels)
         return fused.per_type(agg, lambda t, rows: torch.einsum(
-            'nrhd,rhdc->nrhc', rows, self.value[:, t].to(rows.dtype)))
+            'nrhbd,rhdc->nbrhc', rows, self.value[:, t].to(rows.dtype)))
 
     def __repr__(self) -> str:
         extra = ''
