@@ -119,7 +119,8 @@ def test_nan_guard_names_time_and_remedy():
 
 
 @pytest.mark.parametrize('normalize,extra', [
-    ('softmax', {}), ('gate', {}),
+    ('softmax', dict(score_state=True, pair_dim=0, value_channels=0)),
+    ('gate', dict(score_state=True, pair_dim=2, value_embedding=True)),
     ('gate', dict(score_state=False, value_channels=3, value_embedding=False,
                   pair_dim='full')),
     ('softmax', dict(attention='mean'))])
@@ -132,7 +133,7 @@ def test_stacked_intervals_equal_one_by_one(normalize, extra):
     model = STAGED(4, 2, hidden_channels=4, mlp_channels=8, heads=2, augment=1,
                    **{'attention': 'gatv2', 'normalize': normalize, **extra},
                    rtol=1e-10, atol=1e-10).double()
-    assert model.static_scores == ('score_state' in extra or 'attention' in extra)
+    assert model.static_scores == (not extra.get('score_state', False))
     x0 = torch.randn(3, 10, 4, dtype=torch.float64)
     dt = torch.tensor([0.5, 0.2, 0.3], dtype=torch.float64)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -165,7 +166,15 @@ def test_stacked_intervals_equal_one_by_one(normalize, extra):
 def test_config_round_trip_and_legacy_configs():
     model = STAGED(4, 3, hidden_channels=4)
     assert STAGED.from_config(model.config).config == model.config
-    assert model.config['normalize'] == 'gate' and model.config['pair_dim'] == 4
-    old = {k: v for k, v in model.config.items() if k not in ('normalize', 'pair_dim')}
-    legacy = STAGED.from_config(old)  # written before gates became the default
+    assert model.config['normalize'] == 'gate' and model.config['pair_dim'] == 'full'
+    assert not model.config['score_state'] and model.config['value_channels'] == 8
+    new_keys = ('score_state', 'value_channels', 'value_embedding')
+    old = {k: v for k, v in model.config.items() if k not in new_keys}
+    gates = STAGED.from_config(dict(old, pair_dim=4))  # gates, before static scores
+    conv = gates.func.conv
+    assert conv.score_state and conv.value_channels == 0 and conv.value_embedding
+    assert conv.normalize == 'gate' and conv.pair_dim == 4
+    older = {k: v for k, v in old.items() if k not in ('normalize', 'pair_dim')}
+    legacy = STAGED.from_config(older)  # written before gates became the default
     assert legacy.func.conv.normalize == 'softmax' and legacy.func.conv.pair_src is None
+    assert legacy.func.conv.pair_table is None and legacy.func.conv.score_state

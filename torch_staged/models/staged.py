@@ -1,4 +1,4 @@
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 import torch
 from torch import Tensor
@@ -53,8 +53,9 @@ class STAGED(torch.nn.Module):
         signalling (bool, optional): Use the intercellular ``signals`` relation;
             :obj:`False` gives a cell-autonomous graph ODE (the ``no_signalling``
             baseline). (default: :obj:`True`)
-        backend (str, optional): ``'native'`` or ``'torch_scatter'``.
-            (default: :obj:`'native'`)
+        backend (str, optional): ``'sparse'`` (CSR sparse x dense kernels of
+            :mod:`torch.sparse`), ``'native'`` or ``'torch_scatter'`` (see
+            :class:`~torch_staged.nn.STAGEDConv`). (default: :obj:`'sparse'`)
         method (str, optional): Any :mod:`torchdiffeq` method. (default:
             :obj:`'dopri5'`)
         rtol (float, optional): Relative tolerance. (default: :obj:`1e-3`)
@@ -66,10 +67,25 @@ class STAGED(torch.nn.Module):
             (signed tanh gates per edge; see :class:`~torch_staged.nn.STAGEDConv`).
             Gates let regulators of one target act with opposite signs and
             switch false prior edges off. (default: :obj:`'gate'`)
-        pair_dim (int, optional): Rank of the gene-pair score term of the
-            layer (see :class:`~torch_staged.nn.STAGEDConv`); 0 with
-            ``normalize='softmax'`` gives the original STAGED layer.
-            (default: :obj:`4`)
+        pair_dim (int or str, optional): The gene-pair score term of the layer
+            (see :class:`~torch_staged.nn.STAGEDConv`): ``'full'`` (a free logit
+            per prior gene pair and receiving type, :math:`2 K G^2` parameters),
+            a rank, or 0 (none). (default: :obj:`'full'`)
+        score_state (bool, optional): Whether the attention scores see the
+            expression state. :obj:`False` (static gates): each edge's gate
+            depends on the gene pair, the cell types and the distance only, so
+            it *is* the edge's learned strength, and a batch of states shares
+            it. (default: :obj:`False`)
+        value_channels (int, optional): Node-level value features
+            :math:`\psi(x_u, e_{g(u)})` of the sources (a learned non-linear
+            response per regulator). (default: :obj:`8`)
+        value_embedding (bool, optional): Whether the messages carry the
+            sources' embeddings; :obj:`False` centres them at a silent source,
+            so that an edge cannot act as a constant bias. (default: :obj:`False`)
+
+        ``normalize='softmax', pair_dim=0, score_state=True, value_channels=0,
+        value_embedding=True`` is the original STAGED layer. The defaults were
+        chosen on ``benchmarks/science.py`` (README, "How well it learns").
 
     Shapes:
         - **input:** a tissue graph with :math:`N` cells, times :math:`(T)`,
@@ -81,11 +97,11 @@ class STAGED(torch.nn.Module):
                  mlp_channels: int = 32, heads: int = 1, gene_dim: int = 8,
                  type_dim: int = 0, edge_dim: int = 1, augment: int = 0, attention: str = 'gat',
                  act: str = 'smooth_leaky_relu', signalling: bool = True,
-                 backend: str = 'native', method: str = 'dopri5', rtol: float = 1e-3,
+                 backend: str = 'sparse', method: str = 'dopri5', rtol: float = 1e-3,
                  atol: float = 1e-4, options: Optional[Dict[str, Any]] = None,
-                 adjoint: bool = False, normalize: str = 'gate', pair_dim: int = 4,
-                 score_state: bool = True, value_channels: int = 0,
-                 value_embedding: bool = True):
+                 adjoint: bool = False, normalize: str = 'gate',
+                 pair_dim: Union[int, str] = 'full', score_state: bool = False,
+                 value_channels: int = 8, value_embedding: bool = False):
         super().__init__()
         if not isinstance(augment, int) or augment < 0:
             raise ValueError(f"'augment' must be an integer >= 0 (got {augment!r})")

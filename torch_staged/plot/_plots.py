@@ -40,7 +40,9 @@ def loss_curves(histories: Dict[str, List[dict]], path=None):
     for name, history in histories.items():
         epochs = [h['epoch'] for h in history]
         axes[0].plot(epochs, [h['train_loss'] for h in history], label=name)
-        axes[1].plot(epochs, [h['val_loss'] for h in history], label=name)
+        scored = [h for h in history if not np.isnan(h['val_loss'])]  # val_every
+        axes[1].plot([h['epoch'] for h in scored], [h['val_loss'] for h in scored],
+                     label=name)
     for ax, title in zip(axes, ['training loss', 'held-out loss']):
         ax.set_yscale('log')
         ax.set_xlabel('epoch')

@@ -445,13 +445,14 @@ def fit(
     window: int = 4,
     batch_intervals: bool = True,
     epochs: int = 600,
-    lr: float = 1e-2,
+    lr: float = 3e-2,
     weight_decay: float = 0.0,
     scheduler: Optional[str] = None,
     clip_grad: Optional[float] = 1.0,
     holdout: Optional[str] = 'time',
     holdout_size: Union[int, float] = 1,
     patience: Optional[int] = None,
+    val_every: int = 10,
     restore_best: bool = True,
     tiles_per_step: int = 1,
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.mse_loss,
@@ -519,7 +520,7 @@ def fit(
             Memory grows with the number of intervals; :obj:`False` solves them
             one by one, one step each. (default: :obj:`True`)
         epochs (int, optional): Maximum number of epochs. (default: :obj:`600`)
-        lr (float, optional): Learning rate. (default: :obj:`1e-2`)
+        lr (float, optional): Learning rate. (default: :obj:`3e-2`)
         weight_decay (float, optional): Adam weight decay. (default: :obj:`0`)
         scheduler (str, optional): ``'plateau'`` (on the validation loss),
             ``'cosine'`` or :obj:`None` (a constant rate). (default: :obj:`None`)
@@ -527,8 +528,12 @@ def fit(
         holdout (str, optional): ``'time'``, ``'cells'`` or :obj:`None`.
         holdout_size (int or float, optional): Held-out time points, or fraction
             of cells. (default: :obj:`1`)
-        patience (int, optional): Early stopping after this many epochs without
-            a better validation loss (:obj:`None`: never). (default: :obj:`None`)
+        patience (int, optional): Early stopping after this many validations
+            without a better validation loss (:obj:`None`: never).
+            (default: :obj:`None`)
+        val_every (int, optional): Score the held-out split every this many
+            epochs (and after the last); only scored epochs can be the best
+            epoch. (default: :obj:`10`)
         restore_best (bool, optional): Load the best epoch's parameters at the
             end; :func:`~torch_staged.train.load_model` then returns the same
             parameters from the checkpoint (the last epoch's with
@@ -610,7 +615,7 @@ def fit(
     if scheduler not in SCHEDULERS:
         raise ValueError(f"'scheduler' must be one of {SCHEDULERS} (got '{scheduler}')")
     for name, value in (('epochs', epochs), ('window', window),
-                        ('tiles_per_step', tiles_per_step),
+                        ('tiles_per_step', tiles_per_step), ('val_every', val_every),
                         ('checkpoint_every', checkpoint_every)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"'{name}' must be a positive integer (got {value!r})")
@@ -656,7 +661,8 @@ def fit(
         loss=loss, window=window, batch_intervals=bool(batch_intervals), epochs=epochs,
         lr=lr, weight_decay=weight_decay,
         scheduler=scheduler, clip_grad=clip_grad, holdout=holdout,
-        holdout_size=holdout_size, patience=patience, tiles_per_step=tiles_per_step,
+        holdout_size=holdout_size, patience=patience, val_every=val_every,
+        tiles_per_step=tiles_per_step,
         cell_order=cell_order, seed=seed, world_size=world,
         gene_weights=(gene_weights if not isinstance(gene_weights, Tensor)
                       else gene_weights.tolist()),
@@ -686,7 +692,8 @@ def fit(
                desc=desc, unit='epoch', dynamic_ncols=True)
     bad_epochs = 0
     if result.history and result.best_epoch >= 0:
-        bad_epochs = len(result.history) - 1 - result.best_epoch
+        later = result.history[result.best_epoch + 1:]  # scored epochs since the best
+        bad_epochs = sum(1 for r in later if holdout is None or not math.isnan(r['val_loss']))
     started = time.perf_counter()
     first_val = None  # this call's first held-out loss: a divergence reference
     loop = _Loop(model=model, units=units, times=times, windows=windows, loss=loss,
@@ -703,33 +710,38 @@ def fit(
         train_loss, count = _train_epoch(loop, epoch)
         nfe = model.nfe
 
-        val_total, val_weight, val_zero = _validate(model, units, times, holdout,
-                                                    last_train, loss_fn, stacked)
+        checked = holdout is not None and ((epoch + 1) % val_every == 0
+                                           or epoch == epochs - 1)
+        val_total, val_weight, val_zero = _validate(
+            model, units, times, holdout if checked else None, last_train, loss_fn,
+            stacked)
         if world > 1:
             val_total, val_weight, val_zero, nfe = dist.all_reduce_sum(
                 [val_total, val_weight, val_zero, nfe], device)
             nfe = int(nfe)
-        val_loss = None if holdout is None else val_total / max(val_weight, 1)
+        val_loss = val_total / max(val_weight, 1) if checked else None
         if val_loss is not None and val_weight > 0:  # the same on every rank
             first_val = val_loss if first_val is None else first_val
             _check_divergence(val_loss, max(val_zero / val_weight, first_val),
                               divergence, epoch, count, 'held-out')
-        monitor = val_loss if val_loss is not None else train_loss
+        # the monitored loss: held-out when scored this epoch, else none (a
+        # held-out split) or the training loss (no held-out split)
+        monitor = val_loss if holdout is not None else train_loss
         if sched is not None:
-            if scheduler == 'plateau':
-                sched.step(monitor)
-            else:
+            if scheduler != 'plateau':
                 sched.step()
+            elif monitor is not None:
+                sched.step(monitor)
         record = dict(epoch=epoch, train_loss=train_loss,
                       val_loss=val_loss if val_loss is not None else float('nan'),
                       lr=optimizer.param_groups[0]['lr'], nfe=nfe,
                       seconds=time.perf_counter() - tic)
         result.history.append(record)
-        if monitor < result.best_val_loss:
+        if monitor is not None and monitor < result.best_val_loss:
             result.best_val_loss, result.best_epoch = float(monitor), epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             bad_epochs = 0
-        else:
+        elif monitor is not None:
             bad_epochs += 1
         bar.set_postfix(loss=f'{train_loss:.4g}', val=f'{record["val_loss"]:.4g}',
                         nfe=nfe)

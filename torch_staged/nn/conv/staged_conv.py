@@ -11,7 +11,9 @@ from torch_geometric.nn.inits import glorot, zeros
 
 from torch_staged.nn._fused import FusedGeneGraph, fuse_from_hetero, fuse_gene_graph
 from torch_staged.nn._segment import (
+    CSRPlan,
     check_backend,
+    csr_plan,
     segment_softmax,
     segment_sum,
     weighted_aggregate,
@@ -293,6 +295,7 @@ class STAGEDConv(MessagePassing):
         self.bias = Parameter(torch.empty(out_dim)) if bias else None
         self._fused_cache = None
         self._pair_rows_cache: Optional[Tuple[Tensor, Tuple[Tensor, Tensor]]] = None
+        self._csr_cache: Optional[Tuple[Tensor, CSRPlan]] = None
         self.reset_parameters()
 
     # ------------------------------------------------------------------ setup
@@ -672,6 +675,20 @@ class STAGEDConv(MessagePassing):
         dst = self.pair_dst.flatten(0, 1).index_select(0, dst_rows)
         return (src * dst).sum(-1)
 
+    def csr_plan(self, fused: FusedGeneGraph) -> Optional[CSRPlan]:
+        r"""The sparse layouts of ``backend='sparse'`` (see
+        :func:`~torch_staged.nn._segment.csr_plan`), built once per graph and
+        cached; :obj:`None` for the other backends."""
+        if self.backend != 'sparse':
+            return None
+        cached = self._csr_cache
+        if cached is not None and cached[0] is fused.edge_index:
+            return cached[1]
+        plan = csr_plan(fused.src, fused.slot, fused.num_nodes * self.num_relations,
+                        fused.num_nodes)
+        self._csr_cache = (fused.edge_index, plan)
+        return plan
+
     def message(self, alpha: Tensor) -> Tensor:
         r"""The message of an edge: its attention coefficients."""
         # The message of an edge is its attention weight: the gather of the
@@ -679,14 +696,16 @@ class STAGEDConv(MessagePassing):
         # per-edge hidden vector is ever stored.
         return alpha
 
-    def aggregate(self, inputs: Tensor, h: Tensor, edge_index_j: Tensor,
+    def aggregate(self, inputs: Tensor, h: Tensor, fused: FusedGeneGraph,
+                  edge_index_j: Tensor,
                   index: Tensor, slot_ptr: Tensor, source_shift: Optional[Tensor],
                   dim_size: int) -> Tensor:
         r"""Fused gather and sum :math:`\sum_e \alpha_e \mathbf{h}_{src(e)}` per
         slot, ``[N*G*R, H, D]``.
         """
+        plan = self.csr_plan(fused)
         out = weighted_aggregate(inputs, h, edge_index_j, index, slot_ptr,
-                                 dim_size, self.backend)  # [NG * R, H, D]
+                                 dim_size, self.backend, plan)  # [NG * R, H, D]
         if source_shift is not None:  # [E, D + P] from _message_shift
             out = out + segment_sum(inputs.unsqueeze(-1) * source_shift.unsqueeze(1),
                                     index, slot_ptr, dim_size, self.backend)
