@@ -232,6 +232,9 @@ RUN_FILES = (CHECKPOINT, RUN_JSON, 'metrics.json', 'history.json', 'trajectories
              'signalling_heatmaps.png', 'spatial_signalling.png')
 #: ``fit`` options that ``--resume`` may change; every other one is the run's own.
 RESUME_CHANGEABLE = ('epochs', 'patience', 'device', 'threads', 'quiet', 'distributed')
+#: the options of runs written before they existed, as those runs were fitted
+RESUME_LEGACY = {'state_scores': True, 'value_channels': 0, 'val_every': 1,
+                 'gene_weights': 'none'}
 #: ``fit`` options not stored in ``run.json``.
 _NOT_STORED = ('handler', 'command', 'resume', 'overwrite')
 
@@ -300,12 +303,15 @@ def _unfinished(path: str, run: dict) -> Optional[str]:
 # ---------------------------------------------------------------------- fit
 def _check_fit_numbers(args: argparse.Namespace) -> None:
     """Rejects impossible numbers before anything is read."""
-    for name in ('epochs', 'hidden', 'mlp', 'k', 'threads', 'tiles_per_step'):
+    for name in ('epochs', 'hidden', 'mlp', 'k', 'threads', 'tiles_per_step',
+                 'val_every'):
         if getattr(args, name) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be a positive integer "
                            f"(got {getattr(args, name)})")
-    if args.type_dim < 0:
-        raise CLIError(f"--type-dim must be >= 0 (got {args.type_dim})")
+    for name in ('type_dim', 'value_channels'):
+        if getattr(args, name) < 0:
+            raise CLIError(f"--{name.replace('_', '-')} must be >= 0 "
+                           f"(got {getattr(args, name)})")
     if args.patience is not None and args.patience < 1:
         raise CLIError(f"--patience must be a positive integer (got {args.patience})")
     for name in ('lr', 'rtol', 'atol'):
@@ -352,7 +358,9 @@ def _resume_args(args: argparse.Namespace) -> dict:
     if args.out is not None and os.path.abspath(args.out) != os.path.abspath(folder):
         raise CLIError(f"--out '{args.out}' differs from --resume '{folder}': a resumed "
                        f"run stays in its own directory (leave out --out)")
-    defaults, stored = _fit_defaults(), run['cli']
+    defaults = _fit_defaults()
+    stored = {**{k: v for k, v in RESUME_LEGACY.items() if k not in run['cli']},
+              **run['cli']}
     given = _stored_args(args)
     for key, value in stored.items():
         if key in RESUME_CHANGEABLE:
@@ -410,7 +418,7 @@ def _check_new_run(args: argparse.Namespace) -> None:
 def _fit(args: argparse.Namespace) -> None:
     import torch
 
-    from torch_staged.models import make_model
+    from torch_staged.models import STAGED, make_model
 
     # ---- validate everything before the long work ---------------------------------
     stored_run = _resume_args(args) if args.resume else None
@@ -450,12 +458,19 @@ def _fit(args: argparse.Namespace) -> None:
     _log(args, f'{traj.num_cells} cells x {T} times x {traj.num_genes} genes, '
                f'{len(traj.cell_types)} cell types, edges {data.edge_counts()}')
 
-    model = make_model('staged', data.num_genes, data.num_cell_types,
-                       hidden_channels=args.hidden, mlp_channels=args.mlp,
-                       type_dim=args.type_dim, normalize=args.normalize,
-                       pair_dim=args.pair_dim, method=args.method, rtol=args.rtol,
-                       atol=args.atol,
-                       options={'step_size': args.step_size} if args.step_size else None)
+    if stored_run is not None and stored_run.get('model_config'):
+        # a resumed run rebuilds the model it was trained with (also when the
+        # defaults changed since it was written)
+        model = STAGED.from_config(stored_run['model_config'])
+    else:
+        model = make_model('staged', data.num_genes, data.num_cell_types,
+                           hidden_channels=args.hidden, mlp_channels=args.mlp,
+                           type_dim=args.type_dim, normalize=args.normalize,
+                           pair_dim=args.pair_dim, score_state=args.state_scores,
+                           value_channels=args.value_channels, method=args.method,
+                           rtol=args.rtol, atol=args.atol,
+                           options={'step_size': args.step_size} if args.step_size
+                           else None)
     units = data
     if args.tile_size is not None:
         from torch_staged.data import tile
@@ -544,8 +559,10 @@ def _start_run_dir(args, run: dict, stored_run: Optional[dict], model, traj, t) 
         fit=dict(loss=args.loss, epochs=args.epochs, lr=args.lr, holdout=args.holdout,
                  patience=args.patience, seed=args.seed, hidden=args.hidden,
                  mlp=args.mlp, type_dim=args.type_dim, normalize=args.normalize,
-                 pair_dim=args.pair_dim, method=args.method, tile_size=args.tile_size,
-                 tiles_per_step=args.tiles_per_step),
+                 pair_dim=args.pair_dim, state_scores=args.state_scores,
+                 value_channels=args.value_channels, val_every=args.val_every,
+                 gene_weights=args.gene_weights, method=args.method,
+                 tile_size=args.tile_size, tiles_per_step=args.tiles_per_step),
         source=source, cli=(stored_run or {}).get('cli') or _stored_args(args))
     run['cli'] = dict(run['cli'], **{k: getattr(args, k) for k in RESUME_CHANGEABLE})
     _set_status(args.out, run, 'running')
@@ -574,7 +591,9 @@ def _train(args, model, units, device, info, run: dict, main: bool):
     try:
         result = fit(model, units, loss=args.loss, epochs=args.epochs, lr=args.lr,
                      holdout=holdout, holdout_size=max(args.holdout, 1),
-                     patience=args.patience, seed=args.seed, checkpoint=ckpt,
+                     patience=args.patience, val_every=args.val_every,
+                     gene_weights=None if args.gene_weights == 'none' else args.gene_weights,
+                     seed=args.seed, checkpoint=ckpt,
                      resume=resume, tiles_per_step=args.tiles_per_step,
                      divergence=args.divergence or None,
                      history_path=os.path.join(args.out, 'history.json'),
@@ -1050,10 +1069,24 @@ def _add_fit_graph(fitp) -> None:
                            'fit --distributed --tile-size S ...')
 
 
+def _pair_dim(text: str):
+    """``--pair-dim``: ``full`` or a non-negative integer."""
+    if text == 'full':
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 'full' or an integer >= 0 "
+                                         f"(got {text!r})")
+    return value
+
+
 def _add_fit_training(fitp) -> None:
     fitp.add_argument('--epochs', type=int, default=600,
                       help='Epochs to train (with --resume: the new total).')
-    fitp.add_argument('--lr', type=float, default=0.01, help='Adam learning rate.')
+    fitp.add_argument('--lr', type=float, default=0.03, help='Adam learning rate.')
     fitp.add_argument('--loss', default='derivative',
                       choices=('derivative', 'one_step', 'window', 'rollout'),
                       help='Gradient matching at interval midpoints (no solver, '
@@ -1062,8 +1095,14 @@ def _add_fit_training(fitp) -> None:
     fitp.add_argument('--holdout', type=int, default=2,
                       help='Final time points held out (0: none).')
     fitp.add_argument('--patience', type=int, default=None,
-                      help='Early stopping after this many epochs without a better '
-                           'held-out loss (default: never).')
+                      help='Early stopping after this many held-out scores without a '
+                           'better one (default: never).')
+    fitp.add_argument('--val-every', type=int, default=10,
+                      help='Score the held-out times every this many epochs.')
+    fitp.add_argument('--gene-weights', default='rate',
+                      choices=('rate', 'type_rate', 'none'),
+                      help='Weigh genes in the loss by the inverse sd of their observed '
+                           'rates (per gene, or per cell type and gene), or not.')
     fitp.add_argument('--divergence', type=float, default=1e4,
                       help='Stop when the loss exceeds this many times the data\'s '
                            'scale (0: only on NaN/Inf).')
@@ -1076,8 +1115,14 @@ def _add_fit_training(fitp) -> None:
     fitp.add_argument('--normalize', default='gate', choices=('gate', 'softmax'),
                       help='Signed tanh gates per edge, or the softmax over a '
                            "target's edges.")
-    fitp.add_argument('--pair-dim', type=int, default=4,
-                      help='Rank of the gene-pair term of the attention score (0: none).')
+    fitp.add_argument('--pair-dim', type=_pair_dim, default='full',
+                      help="Gene-pair term of the attention score: 'full' (a logit per "
+                           "gene pair and receiving type), a rank, or 0 (none).")
+    fitp.add_argument('--state-scores', action='store_true',
+                      help='Let the attention scores see the expression state (default: '
+                           'static gates, one learned strength per edge).')
+    fitp.add_argument('--value-channels', type=int, default=8,
+                      help='Learned non-linear response features of each source gene.')
     fitp.add_argument('--method', default='dopri5',
                       help='torchdiffeq solver (dopri5, rk4, euler, ...).')
     fitp.add_argument('--step-size', type=float, default=None,

@@ -246,7 +246,7 @@ def test_every_option_has_help_and_shows_its_default(capsys):
     assert main(['fit', '--help']) == 0
     out = capsys.readouterr().out
     assert '--resume RUN' in out and '--tiles-per-step' in out
-    assert '(default: 0.01)' in out  # --lr
+    assert '(default: 0.03)' in out  # --lr
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == 'command')
     for name, subparser in sub.choices.items():
