@@ -47,8 +47,10 @@ def fitted():
 @pytest.fixture(scope='module')
 def fitted_softmax():
     """The original STAGED layer and protocol: softmax attention, one-step solves."""
-    return _fit_tissue(model=dict(normalize='softmax', pair_dim=0), loss='one_step',
-                       batch_intervals=False, epochs=8, patience=None)
+    return _fit_tissue(model=dict(normalize='softmax', pair_dim=0, score_state=True,
+                                  value_channels=0, value_embedding=True),
+                       loss='one_step', batch_intervals=False, epochs=8, patience=None,
+                       gene_weights=None)
 
 
 def _is_true(table, truth):

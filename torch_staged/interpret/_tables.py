@@ -30,9 +30,7 @@ def _states(data: TissueData, states: Optional[Tensor]) -> Tensor:
 
 @torch.no_grad()
 def _attention(model, data, state: Tensor) -> Dict[EdgeType, Tensor]:
-    func = model.func
-    x = model.initial_state(data, state)
-    _, att = func.conv(x, func.graph, return_attention_weights=True)
+    att = model.func.attention_weights(model.initial_state(data, state))
     return {rel: alpha.mean(-1) for rel, (_, alpha) in att.items()}
 
 

@@ -56,6 +56,9 @@ class FusedGeneGraph(NamedTuple):
         type_sizes (tuple of int): number of gene nodes of each cell type.
         rel_sizes (tuple of int): number of edges of each relation.
         num_cell_types (int): :math:`K`.
+        grouped (bool): whether the gene nodes are numbered type by type (then
+            :obj:`type_perm` is the identity and :meth:`per_type` takes slices;
+            see :meth:`type_major`).
     """
     edge_index: Tensor
     key: Tensor
@@ -69,6 +72,7 @@ class FusedGeneGraph(NamedTuple):
     type_sizes: Tuple[int, ...]
     rel_sizes: Tuple[int, ...]
     num_cell_types: int
+    grouped: bool = False
 
     @property
     def src(self) -> Tensor:
@@ -138,7 +142,7 @@ class FusedGeneGraph(NamedTuple):
         type_perm = torch.cat(type_perm)
         type_rank = torch.empty_like(type_perm)
         type_rank[type_perm] = torch.arange(type_perm.numel(), device=type_perm.device)
-        return FusedGeneGraph(
+        return FusedGeneGraph(  # copies interleave the types: not grouped
             edge_index=torch.stack([src, slot]), key=self.key.repeat(copies),
             edge_attr=self.edge_attr.repeat(copies, 1), slot_ptr=ptr, perm=perm,
             gene=self.gene.repeat(copies), node_type=self.node_type.repeat(copies),
@@ -146,6 +150,36 @@ class FusedGeneGraph(NamedTuple):
             type_sizes=tuple(s * copies for s in self.type_sizes),
             rel_sizes=tuple(s * copies for s in self.rel_sizes),
             num_cell_types=self.num_cell_types)
+
+    def type_major(self) -> 'FusedGeneGraph':
+        r"""The same graph with its gene nodes renumbered type by type: node
+        :math:`v` becomes :obj:`type_rank[v]`, so that the rows of each cell
+        type are one slice (:attr:`grouped`) and per-type weights need no
+        gather. States move between the numberings with :obj:`type_perm`
+        (to this one: ``x[type_perm]``) and :obj:`type_rank` (back). Each
+        relation keeps its own edge order (:meth:`unfuse`).
+        """
+        if self.grouped:
+            return self
+        R, rank = self.num_relations, self.type_rank
+        relation = torch.remainder(self.slot, R)
+        dst = torch.div(self.slot, R, rounding_mode='floor')
+        src, slot = rank.index_select(0, self.src), rank.index_select(0, dst) * R + relation
+        order = torch.argsort(slot, stable=True)
+        slot = slot.index_select(0, order)
+        counts = torch.bincount(slot, minlength=self.num_nodes * R)
+        ptr = torch.zeros_like(self.slot_ptr)
+        ptr[1:] = counts.cumsum(0)
+        identity = torch.arange(self.num_nodes, device=self.gene.device)
+        return FusedGeneGraph(
+            edge_index=torch.stack([src.index_select(0, order), slot]),
+            key=self.key.index_select(0, order),
+            edge_attr=self.edge_attr.index_select(0, order), slot_ptr=ptr,
+            perm=self.perm.index_select(0, order),
+            gene=self.gene.index_select(0, self.type_perm),
+            node_type=self.node_type.index_select(0, self.type_perm),
+            type_perm=identity, type_rank=identity, type_sizes=self.type_sizes,
+            rel_sizes=self.rel_sizes, num_cell_types=self.num_cell_types, grouped=True)
 
     def per_type(self, value: Tensor, fn) -> Tensor:
         """Applies ``fn(cell_type, rows)`` to the rows of :obj:`value` (one row per
@@ -157,6 +191,9 @@ class FusedGeneGraph(NamedTuple):
         present = [(t, size) for t, size in enumerate(self.type_sizes) if size > 0]
         if len(present) == 1:  # one cell type: no reordering at all
             return fn(present[0][0], value)
+        if self.grouped:  # numbered type by type: slices (split: no zero fill)
+            chunks = value.split([size for _, size in present], dim=0)
+            return torch.cat([fn(t, rows) for (t, _), rows in zip(present, chunks)])
         # one permutation to type-major order, slices per type, one back (both
         # gathers in the backward pass too)
         # (split, not narrow: its backward concatenates, with no zero fill)

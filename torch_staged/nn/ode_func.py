@@ -1,12 +1,12 @@
 import math
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Parameter
 
-from torch_staged.nn._fused import FusedGeneGraph
+from torch_staged.nn._fused import FusedGeneGraph, permute_rows
 from torch_staged.nn.conv.staged_conv import GraphInput, STAGEDConv
 from torch_staged.typing import RELATIONS, EdgeType
 
@@ -123,6 +123,7 @@ class STAGEDODEFunc(torch.nn.Module):
         self.decay = Parameter(torch.empty(K, num_genes))
         self.nfe = 0
         self._fused: Optional[FusedGeneGraph] = None
+        self._inner: Optional[Tuple[Tensor, FusedGeneGraph]] = None  # type-major
         self._clamp: Optional[Tuple[Tensor, Tensor, Tensor]] = None
         self.reset_parameters()
 
@@ -149,10 +150,19 @@ class STAGEDODEFunc(torch.nn.Module):
 
     # ----------------------------------------------------------------- graph
     def set_graph(self, graph: GraphInput) -> 'STAGEDODEFunc':
-        r"""Fixes the graph for the next solves (fused and cached once)."""
+        r"""Fixes the graph for the next solves (fused and cached once).
+
+        Internally the vector field works on the same graph with its gene nodes
+        numbered type by type (:meth:`FusedGeneGraph.type_major`), so that the
+        per-type weights act on slices; states are reordered on the way in and
+        out (one gather of the state each way).
+        """
         device = self.decay.device
         dtype = self.decay.dtype
-        self._fused = self.conv.fuse_graph(graph, device=device, dtype=dtype)
+        fused = self.conv.fuse_graph(graph, device=device, dtype=dtype)
+        if self._inner is None or self._inner[0] is not fused.edge_index:
+            self._inner = (fused.edge_index, fused.type_major())
+        self._fused = fused
         self._clamp = None
         return self
 
@@ -176,7 +186,9 @@ class STAGEDODEFunc(torch.nn.Module):
         if values.dim() != 3 or values.size(0) != t.numel():
             raise ValueError(f"Clamp values must have shape [T, N*G, F] with T = "
                              f"{t.numel()} (got {list(values.shape)})")
-        self._clamp = (mask.view(-1, 1), t, values)
+        perm = self.graph.type_perm  # to the internal (type-major) numbering
+        self._clamp = (mask.view(-1, 1).index_select(0, perm), t,
+                       values.index_select(1, perm))
         return self
 
     def _clamp_values(self, t: Tensor) -> Tensor:
@@ -189,12 +201,40 @@ class STAGEDODEFunc(torch.nn.Module):
         return values[k - 1] * (1 - w) + values[k] * w
 
     # --------------------------------------------------------------- forward
-    def mlp(self, z: Tensor) -> Tensor:
-        r"""The per-cell-type MLP on ``z [N*G, in]``, one matmul per type."""
+    def mlp(self, z: Tensor, graph: Optional[FusedGeneGraph] = None) -> Tensor:
+        r"""The per-cell-type MLP on ``z [N*G, in]`` (rows in the order of
+        :obj:`graph`, by default the set graph's), one matmul per type."""
         def apply(t: int, rows: Tensor) -> Tensor:
             hidden = torch.tanh(rows @ self.weight1[t] + self.bias1[t])
             return hidden @ self.weight2[t] + self.bias2[t]
-        return self.graph.per_type(z, apply)
+        return (self.graph if graph is None else graph).per_type(z, apply)
+
+    @property
+    def inner_graph(self) -> FusedGeneGraph:
+        """The set graph with its gene nodes numbered type by type, on which
+        the vector field computes (see :meth:`set_graph`); per-edge tensors
+        such as :obj:`source_shift` are in its edge order."""
+        self.graph  # raises when no graph is set
+        return self._inner[1]
+
+    def _to_inner(self, x: Tensor) -> Tensor:
+        outer = self.graph
+        return x if outer.grouped else permute_rows(x, outer.type_perm, outer.type_rank)
+
+    def _to_outer(self, x: Tensor) -> Tensor:
+        outer = self.graph
+        return x if outer.grouped else permute_rows(x, outer.type_rank, outer.type_perm)
+
+    def attention_weights(self, x: Tensor) -> Dict[EdgeType, Tuple[Tensor, Tensor]]:
+        r"""The layer's attention coefficients at the state :obj:`x` ``[N*G, F]``
+        (node order): ``{relation: (edge_index [2, E_r], alpha [E_r, H])}`` in
+        each relation's own edge order (as :class:`STAGEDConv` returns them)."""
+        inner = self.inner_graph
+        _, att = self.conv(self._to_inner(x.view(inner.num_nodes, -1)), inner,
+                           return_attention_weights=True)
+        edge_index = self.graph.relation_edge_index()
+        return {rel: (edge_index[r], alpha)
+                for r, (rel, (_, alpha)) in enumerate(att.items())}
 
     def forward(self, t: Tensor, x: Tensor, source_shift: Optional[Tensor] = None
                 ) -> Tensor:
@@ -204,12 +244,12 @@ class STAGEDODEFunc(torch.nn.Module):
         evaluated in one pass (static scores only, see :class:`STAGEDConv`).
         """
         self.nfe += 1
-        fused = self.graph
+        fused = self.inner_graph  # type-major numbering: per-type slices
         batched = x.dim() == 3
         if batched and self._clamp is not None:
             raise ValueError("A batch of states cannot have clamped cells: solve "
                              "those one by one")
-        state = x if batched else x.view(fused.num_nodes, self.channels)
+        state = self._to_inner(x if batched else x.view(fused.num_nodes, self.channels))
         if self._clamp is not None:
             mask = self._clamp[0]
             state = torch.where(mask, self._clamp_values(t), state)
@@ -219,10 +259,10 @@ class STAGEDODEFunc(torch.nn.Module):
             emb = emb.unsqueeze(1).expand(-1, state.size(1), -1)
         z = torch.cat([state, messages] + ([] if emb is None else [emb]), dim=-1)
         decay = F.softplus(self.decay)[fused.node_type, fused.gene].unsqueeze(-1)
-        dx = self.mlp(z) - (decay.unsqueeze(1) if batched else decay) * state
+        dx = self.mlp(z, fused) - (decay.unsqueeze(1) if batched else decay) * state
         if self._clamp is not None:
             dx = dx.masked_fill(self._clamp[0], 0.0)
-        return dx.view_as(x)
+        return self._to_outer(dx).view_as(x)
 
     def edge_jacobian(self, x: Tensor, t: Optional[Tensor] = None
                       ) -> Tuple[Tensor, ...]:
@@ -244,7 +284,7 @@ class STAGEDODEFunc(torch.nn.Module):
         Returns:
             One ``[E_r]`` tensor per relation, in that relation's edge order.
         """
-        fused = self.graph
+        fused = self.inner_graph  # the edge order of the shifts
         t = torch.zeros((), dtype=x.dtype, device=x.device) if t is None else t
         state = x.detach().reshape(fused.num_nodes, self.channels)
         shift = state.new_zeros(fused.num_edges, self.channels, requires_grad=True)
