@@ -1,5 +1,5 @@
 """The fused, sorted, cached edge structure of both gene -> gene relations."""
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -181,26 +181,29 @@ class FusedGeneGraph(NamedTuple):
             type_perm=identity, type_rank=identity, type_sizes=self.type_sizes,
             rel_sizes=self.rel_sizes, num_cell_types=self.num_cell_types, grouped=True)
 
-    def per_type(self, value: Tensor, fn) -> Tensor:
+    def per_type(self, value: Union[Tensor, Tuple[Optional[Tensor], ...]], fn) -> Tensor:
         """Applies ``fn(cell_type, rows)`` to the rows of :obj:`value` (one row per
-        gene node) of each cell type and returns the results in node order.
+        gene node) of each cell type and returns the results in node order. With
+        a tuple of tensors (or :obj:`None`), ``fn(cell_type, *rows)`` gets the
+        rows of each.
 
         A loop over cell types only: this is how per-type weights are "applied
         per segment".
         """
+        values = value if isinstance(value, tuple) else (value, )
         present = [(t, size) for t, size in enumerate(self.type_sizes) if size > 0]
         if len(present) == 1:  # one cell type: no reordering at all
-            return fn(present[0][0], value)
-        if self.grouped:  # numbered type by type: slices (split: no zero fill)
-            chunks = value.split([size for _, size in present], dim=0)
-            return torch.cat([fn(t, rows) for (t, _), rows in zip(present, chunks)])
-        # one permutation to type-major order, slices per type, one back (both
-        # gathers in the backward pass too)
-        # (split, not narrow: its backward concatenates, with no zero fill)
-        grouped = permute_rows(value, self.type_perm, self.type_rank)
-        chunks = grouped.split([size for _, size in present], dim=0)
-        parts = [fn(t, rows) for (t, _), rows in zip(present, chunks)]
-        return permute_rows(torch.cat(parts, dim=0), self.type_rank, self.type_perm)
+            return fn(present[0][0], *values)
+        if not self.grouped:  # one permutation to type-major order (gathers both ways)
+            values = tuple(v if v is None else permute_rows(v, self.type_perm,
+                                                            self.type_rank)
+                           for v in values)
+        # slices per type (split, not narrow: its backward concatenates, no zero fill)
+        sizes = [size for _, size in present]
+        chunks = [[None] * len(present) if v is None else v.split(sizes, dim=0)
+                  for v in values]
+        out = torch.cat([fn(t, *rows) for (t, _), *rows in zip(present, *chunks)])
+        return out if self.grouped else permute_rows(out, self.type_rank, self.type_perm)
 
     def unfuse(self, value: Tensor) -> Tuple[Tensor, ...]:
         """Splits a per-edge tensor in fused order into one tensor per relation,

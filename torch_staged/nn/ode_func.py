@@ -209,6 +209,24 @@ class STAGEDODEFunc(torch.nn.Module):
             return hidden @ self.weight2[t] + self.bias2[t]
         return (self.graph if graph is None else graph).per_type(z, apply)
 
+    def _mlp_parts(self, state: Tensor, messages: Tensor, emb: Optional[Tensor],
+                   graph: FusedGeneGraph) -> Tensor:
+        r""":meth:`mlp` of :math:`\mathbf{z} = \mathbf{x} \Vert \mathbf{m} \Vert
+        \mathbf{e}` without building :math:`\mathbf{z}`: the first layer is a
+        sum of its blocks, the embedding block once per node (not per state of
+        a batch ``[N*G, B, .]``)."""
+        F_in, M = state.size(-1), messages.size(-1)
+        batched = state.dim() == 3
+
+        def apply(t: int, s: Tensor, m: Tensor, e: Optional[Tensor]) -> Tensor:
+            w1 = self.weight1[t]
+            const = (self.bias1[t].expand(s.size(0), -1) if e is None
+                     else torch.addmm(self.bias1[t], e, w1[F_in + M:]))
+            pre = s @ w1[:F_in] + m @ w1[F_in:F_in + M]
+            hidden = torch.tanh(pre + (const.unsqueeze(1) if batched else const))
+            return hidden @ self.weight2[t] + self.bias2[t]
+        return graph.per_type((state, messages, emb), apply)
+
     @property
     def inner_graph(self) -> FusedGeneGraph:
         """The set graph with its gene nodes numbered type by type, on which
@@ -255,11 +273,9 @@ class STAGEDODEFunc(torch.nn.Module):
             state = torch.where(mask, self._clamp_values(t), state)
         messages = self.conv(state, fused, source_shift=source_shift)
         emb = self.conv.node_embedding(fused.gene, fused.node_type, state.dtype)
-        if emb is not None and batched:
-            emb = emb.unsqueeze(1).expand(-1, state.size(1), -1)
-        z = torch.cat([state, messages] + ([] if emb is None else [emb]), dim=-1)
         decay = F.softplus(self.decay)[fused.node_type, fused.gene].unsqueeze(-1)
-        dx = self.mlp(z, fused) - (decay.unsqueeze(1) if batched else decay) * state
+        dx = (self._mlp_parts(state, messages, emb, fused)
+              - (decay.unsqueeze(1) if batched else decay) * state)
         if self._clamp is not None:
             dx = dx.masked_fill(self._clamp[0], 0.0)
         return self._to_outer(dx).view_as(x)

@@ -452,10 +452,15 @@ class STAGEDConv(MessagePassing):
                           dtype=x.dtype)
         self._check_state(x, fused, source_shift)
         batch = x.size(1) if x.dim() == 3 else 0
-        h = self.node_features(x, fused.gene, fused.node_type)
-        h_msg = self.message_features(h)
+        emb = self.node_embedding(fused.gene, fused.node_type, x.dtype)  # [NG, D - F]
+        # h = x || emb is materialised only where it is used as a whole (the
+        # static scores see emb only)
+        h = (x if emb is None else torch.cat([x, emb], dim=-1)
+             if self.score_state or source_shift is not None else None)
+        h_msg = self.message_features(x, emb)
         num_slots = fused.num_nodes * self.num_relations
-        alpha = self.edge_updater(fused.edge_index, h=self.score_features(h, fused),
+        alpha = self.edge_updater(fused.edge_index,
+                                  h=h if self.score_state else self._embedding_or_empty(x, emb),
                                   key=fused.key,
                                   edge_attr=fused.edge_attr, slot_ptr=fused.slot_ptr,
                                   node_type=fused.node_type, source_shift=source_shift,
@@ -513,17 +518,11 @@ class STAGEDConv(MessagePassing):
             emb = emb.unsqueeze(1).expand(-1, x.size(1), -1)
         return torch.cat([x, emb], dim=-1)
 
-    def score_features(self, h: Tensor, fused: FusedGeneGraph) -> Tensor:
-        r"""What the attention scores see, ``[N*G, D]``: :math:`\mathbf{h}_v`,
-        or only its embedding part with :obj:`score_state=False`.
-        """
-        if self.score_state:
-            return h
-        emb = self.node_embedding(fused.gene, fused.node_type, h.dtype)
-        return h.new_zeros(h.size(0), 0) if emb is None else emb
-
-    def message_features(self, h: Tensor) -> Tensor:
-        r"""The aggregated source features, ``[N*G, message_dim]``:
+    def message_features(self, x: Tensor, emb: Optional[Tensor]) -> Tensor:
+        r"""The aggregated source features, ``[N*G, message_dim]`` (or ``[N*G,
+        B, message_dim]``), from the states :obj:`x` and the embeddings
+        :obj:`emb` ``[N*G, D - F]`` (:meth:`node_embedding`), so that
+        :math:`\mathbf{h}_u = \mathbf{x}_u \Vert \mathbf{e}_u`:
         :math:`\mathbf{h}_u \Vert \boldsymbol{\psi}(\mathbf{h}_u)` with the
         node-level value features :math:`\boldsymbol{\psi}(\mathbf{h}) =
         \tanh(\mathbf{W}_\psi \mathbf{h} + \mathbf{b}_\psi) \in \mathbb{R}^P`
@@ -535,16 +534,26 @@ class STAGEDConv(MessagePassing):
         then 0 when its sources are not expressed, so an edge cannot act as a
         constant bias of its target.
         """
-        F_in = self.in_channels
-        parts = [h if self.value_embedding else h[..., :F_in]]
+        F_in, batched = self.in_channels, x.dim() == 3
+        parts = [x]
+        if self.value_embedding and emb is not None:
+            parts.append(emb.unsqueeze(1).expand(-1, x.size(1), -1) if batched else emb)
         if self.lin_value is not None:
-            pre = self.lin_value(h)
+            # W h + b = W_x x + (W_e e + b): the embedding part once per node
+            weight, bias = self.lin_value.weight, self.lin_value.bias
+            silent = bias if emb is None else torch.addmm(bias, emb, weight[:, F_in:].t())
+            silent = silent.expand(x.size(0), -1)
+            pre = x @ weight[:, :F_in].t() + (silent.unsqueeze(1) if batched else silent)
             psi = torch.tanh(pre)
             if not self.value_embedding:
-                silent = pre - h[..., :F_in] @ self.lin_value.weight[:, :F_in].t()
-                psi = psi - torch.tanh(silent)
+                silent = torch.tanh(silent)
+                psi = psi - (silent.unsqueeze(1) if batched else silent)
             parts.append(psi)
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+    @staticmethod
+    def _embedding_or_empty(x: Tensor, emb: Optional[Tensor]) -> Tensor:
+        return x.new_zeros(x.size(0), 0) if emb is None else emb
 
     def _message_shift(self, source_shift: Optional[Tensor], h: Tensor,
                        src: Tensor) -> Optional[Tensor]:
