@@ -1,7 +1,9 @@
 """The end-to-end demo: simulate, fit STAGED and its baselines, evaluate, plot."""
 import json
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from typing import Dict, Optional
 
 import torch
@@ -11,7 +13,7 @@ from torch_staged.interpret import edge_scores, interaction_tables
 from torch_staged.metrics import interaction_recovery, r2_score, spearman_per_gene
 from torch_staged.models import make_model
 from torch_staged.sim import graph_from_simulation, simulate_tissue
-from torch_staged.train import fit
+from torch_staged.train import fit, load_model
 from torch_staged.typing import SIGNALS
 
 MODELS = ('staged', 'no_signalling', 'no_attention')
@@ -37,10 +39,72 @@ def _recovery(model, data, truth: dict, scores: dict) -> Dict[str, Optional[floa
     return out
 
 
-def run_demo(out: str, *, epochs: int = 30, holdout: int = 4, seed: int = 0,
-             lr: float = 0.01, models=MODELS, progress: bool = True,
-             **sim_kwargs) -> dict:
+def _fit_and_score(name: str, data, X, t, last: int, truth: dict, epochs: Optional[int],
+                   lr: Optional[float], seed: int, out: str, progress: bool,
+                   threads: Optional[int] = None) -> dict:
+    """Fits one model of the demo on the training times, scores it and writes its
+    checkpoint (``out/<name>.pt``). Runs in a worker process when the demo's
+    fits run in parallel.
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    model = make_model(name, data.num_genes, data.num_cell_types,
+                       hidden_channels=16, mlp_channels=32, type_dim=4)
+    start, cpu = time.perf_counter(), time.process_time()
+    options = {k: v for k, v in (('epochs', epochs), ('lr', lr)) if v is not None}
+    # the training times only: the held-out times score a model that never saw
+    # them (its own validation split is the last training time)
+    result = fit(model, data, X[:last + 1], t[:last + 1], cell_order='graph',
+                 patience=None, progress=progress, desc=name, seed=seed,
+                 checkpoint=os.path.join(out, f'{name}.pt'), **options)
+    with torch.no_grad():
+        pred = model(data, t[last:], X[last])[1:]
+        rollout = model(data, t, X[0])
+    rec = dict(heldout_r2=r2_score(pred, X[last + 1:]),
+               heldout_mse=float(((pred - X[last + 1:]) ** 2).mean()),
+               persistence_mse=float(((X[last] - X[last + 1:]) ** 2).mean()),
+               rollout_r2=r2_score(rollout[1:], X[1:]),
+               spearman=float(spearman_per_gene(rollout, X).mean()))
+    scores = {m: edge_scores(model, data, method=m) for m in ('jacobian', 'attention')}
+    rec.update(_recovery(model, data, truth, scores))
+    rec['inter_auroc'] = rec['inter_auroc_jacobian']
+    rec['intra_auroc'] = rec['intra_auroc_jacobian']
+    rec['fit_seconds'] = time.perf_counter() - start
+    rec['fit_cpu_seconds'] = time.process_time() - cpu
+    rec['epochs'] = len(result.history)
+    return dict(record=rec, history=result.history, rollout=rollout,
+                jacobian=scores['jacobian'])
+
+
+def _run_jobs(jobs: int, fits: Dict[str, tuple], baseline_args: tuple):
+    """The demo's fits and its baselines: in this process (:obj:`jobs` 1), or
+    in :obj:`jobs` worker processes (one thread each)."""
+    if jobs <= 1:
+        done = {name: _fit_and_score(*args) for name, args in fits.items()}
+        return done, _baselines(*baseline_args)
+    context = multiprocessing.get_context('spawn')
+    with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        futures = {name: pool.submit(_fit_and_score, *args[:-1], False, 1)
+                   for name, args in fits.items()}
+        base = pool.submit(_baselines, *baseline_args, 1)
+        done = {}
+        for name, future in futures.items():
+            done[name] = future.result()
+            print(f"{name}: fitted in {done[name]['record']['fit_seconds']:.1f} s",
+                  flush=True)
+        return done, base.result()
+
+
+def run_demo(out: str, *, epochs: Optional[int] = None, holdout: int = 4, seed: int = 0,
+             lr: Optional[float] = None, models=MODELS, progress: bool = True,
+             jobs: Optional[int] = None, **sim_kwargs) -> dict:
     """Runs the demo and writes ``metrics.json`` and PNG figures to :obj:`out`.
+
+    The fits use :func:`~torch_staged.train.fit`'s defaults unless :obj:`epochs`
+    or :obj:`lr` are given. The fits of the models and the baselines are
+    independent: with :obj:`jobs` > 1 (default: one per core, at most one per
+    job) they run in parallel processes of one thread each.
 
     Returns the metrics dict (``{model: {...}, 'seconds': ...}``).
     """
@@ -53,51 +117,38 @@ def run_demo(out: str, *, epochs: int = 30, holdout: int = 4, seed: int = 0,
     data = data.clone().set_trajectories(X, t, cell_order='graph')
     truth = adata.uns['truth']
     last = t.numel() - 1 - holdout
+    if jobs is None:
+        jobs = min(os.cpu_count() or 1, len(models) + 1)
 
-    metrics: dict = {}
-    fitted, histories, heldout_pred = {}, {}, {}  # rollouts from t0 for the figure
-    for name in models:
-        torch.manual_seed(seed)
-        model = make_model(name, data.num_genes, data.num_cell_types,
-                           hidden_channels=16, mlp_channels=32, type_dim=4)
-        start = time.perf_counter()
-        # the training times only: the held-out times score a model that never
-        # saw them (its own validation split is the last training time)
-        result = fit(model, data, X[:last + 1], t[:last + 1], cell_order='graph',
-                     epochs=epochs, lr=lr, patience=None, progress=progress, desc=name,
-                     checkpoint=os.path.join(out, f'{name}.pt'))
-        with torch.no_grad():
-            pred = model(data, t[last:], X[last])[1:]
-            rollout = model(data, t, X[0])
-        rec = dict(heldout_r2=r2_score(pred, X[last + 1:]),
-                   heldout_mse=float(((pred - X[last + 1:]) ** 2).mean()),
-                   persistence_mse=float(((X[last] - X[last + 1:]) ** 2).mean()),
-                   rollout_r2=r2_score(rollout[1:], X[1:]),
-                   spearman=float(spearman_per_gene(rollout, X).mean()))
-        scores = {m: edge_scores(model, data, method=m) for m in ('jacobian', 'attention')}
-        rec.update(_recovery(model, data, truth, scores))
-        rec['inter_auroc'] = rec['inter_auroc_jacobian']
-        rec['intra_auroc'] = rec['intra_auroc_jacobian']
-        rec['fit_seconds'] = time.perf_counter() - start
-        rec['epochs'] = len(result.history)
-        metrics[name] = rec
-        fitted[name], histories[name] = (model, scores['jacobian']), result.history
-        heldout_pred[name] = rollout
-    metrics['baselines'] = _baselines(data, X, t, holdout, truth, seed)
+    fits = {name: (name, data, X, t, last, truth, epochs, lr, seed, out, progress)
+            for name in models}
+    done, baselines = _run_jobs(jobs, fits, (data, X, t, holdout, truth, seed))
+    metrics: dict = {name: done[name]['record'] for name in models}
+    metrics['baselines'] = baselines
     metrics['seconds'] = time.perf_counter() - tic
+    metrics['jobs'] = jobs
     metrics['data'] = dict(cells=data.num_cells, genes=data.num_genes,
                            cell_types=data.num_cell_types, lr_pairs=len(data.lr_pairs),
                            times=t.numel(), heldout_times=holdout, **data.edge_counts())
     with open(os.path.join(out, 'metrics.json'), 'w') as f:
         json.dump(metrics, f, indent=1)
-    _figures(out, data, X, t, last, truth, fitted, histories, heldout_pred)
+    fitted = {}
+    if 'staged' in done:
+        model, _ = load_model(os.path.join(out, 'staged.pt'))
+        fitted['staged'] = (model, done['staged']['jacobian'])
+    _figures(out, data, X, t, last, truth, fitted,
+             {name: done[name]['history'] for name in models},
+             {name: done[name]['rollout'] for name in models})
     return metrics
 
 
-def _baselines(data, X, t, holdout, truth, seed) -> Dict[str, dict]:
+def _baselines(data, X, t, holdout, truth, seed, threads: Optional[int] = None
+               ) -> Dict[str, dict]:
     """The simple methods of :mod:`torch_staged.baselines` on the same split,
     scored as in ``benchmarks/science.py``.
     """
+    if threads is not None:
+        torch.set_num_threads(threads)
     from torch_staged._benchmark import Task, run_baseline
     from torch_staged.baselines import BASELINES
     task = Task('staged_sim', data, X, t, holdout, truth)

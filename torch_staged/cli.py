@@ -934,9 +934,11 @@ def _demo(args: argparse.Namespace) -> None:
     from torch_staged._demo import run_demo, summary_table
 
     torch.set_num_threads(args.threads)
+    if args.jobs is not None and args.jobs < 1:
+        raise CLIError(f"--jobs must be a positive integer (got {args.jobs})")
     metrics = run_demo(args.out, epochs=args.epochs, holdout=args.holdout, seed=args.seed,
                        progress=not args.quiet, num_cells=args.cells,
-                       num_genes=args.genes)
+                       num_genes=args.genes, jobs=args.jobs)
     print(summary_table(metrics))
     print(f'metrics and figures written to {args.out}/')
 
@@ -1212,7 +1214,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument('--out', default='runs/demo', help='Output folder.')
     demo.add_argument('--cells', type=int, default=300, help='Simulated cells.')
     demo.add_argument('--genes', type=int, default=20, help='Simulated genes.')
-    demo.add_argument('--epochs', type=int, default=600, help='Epochs of each fit.')
+    demo.add_argument('--epochs', type=int, default=None,
+                      help="Epochs of each fit (default: fit()'s).")
+    demo.add_argument('--jobs', type=int, default=None,
+                      help='Fits (and the baselines) run in this many parallel '
+                           'processes of one thread each (default: one per core).')
     demo.add_argument('--holdout', type=int, default=4,
                       help='Held-out final time points.')
     demo.add_argument('--seed', type=int, default=0, help='Random seed.')

@@ -34,11 +34,18 @@ def test_staged_beats_cell_autonomous_baseline():
 @pytest.mark.slow
 def test_demo_command_writes_metrics_and_figures(tmp_path):
     from torch_staged.cli import main
-    out = tmp_path / 'demo'
-    code = main(['demo', '--out', str(out), '--epochs', '1', '--quiet', '--cells', '40',
-                 '--genes', '16'])
-    assert code == 0
-    metrics = json.loads((out / 'metrics.json').read_text())
+    runs = {}
+    for jobs in (1, 2):  # in this process, and fits in parallel worker processes
+        out = tmp_path / f'demo{jobs}'
+        code = main(['demo', '--out', str(out), '--epochs', '2', '--quiet', '--cells',
+                     '40', '--genes', '16', '--jobs', str(jobs)])
+        assert code == 0
+        runs[jobs] = json.loads((out / 'metrics.json').read_text())
+    assert runs[2]['jobs'] == 2 and runs[1]['jobs'] == 1
+    for name in ('staged', 'no_signalling', 'no_attention'):  # the same fits
+        assert runs[2][name]['heldout_mse'] == pytest.approx(
+            runs[1][name]['heldout_mse'], rel=1e-4)
+    metrics = runs[2]
     for name in ('staged', 'no_signalling', 'no_attention'):
         for key in ('heldout_r2', 'rollout_r2', 'inter_auroc', 'intra_auroc'):
             assert key in metrics[name]

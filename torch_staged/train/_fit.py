@@ -347,8 +347,10 @@ def _progress_mode(progress: Union[bool, str]) -> Optional[str]:
 
 def _epoch_line(desc: str, record: Dict[str, float], epochs: int) -> str:
     """One log line per epoch (used when stderr is not a terminal)."""
+    val = ('' if math.isnan(record['val_loss'])  # not scored this epoch (val_every)
+           else f"val loss {record['val_loss']:.4g} ")
     return (f"{desc}: epoch {record['epoch'] + 1}/{epochs} train loss "
-            f"{record['train_loss']:.4g} val loss {record['val_loss']:.4g} "
+            f"{record['train_loss']:.4g} {val}"
             f"lr {record['lr']:.3g} nfe {record['nfe']} "
             f"({record['seconds']:.1f} s)")
 
