@@ -93,8 +93,9 @@ def test_two_section_fit_loss_is_the_sum_of_the_sections(make_long):
     both, first, second = two_sections(make_long)
     traj = read_trajectories(both, library_key='section', lr_pairs=LR_PAIRS, k=3)
     parts = [read_trajectories(a, lr_pairs=LR_PAIRS, k=3) for a in (first, second)]
+    # unweighted genes: the 'rate' weights of one fit pool all its sections
     options = dict(loss='rollout', epochs=1, holdout=None, loss_fn=sum_mse,
-                   clip_grad=None, scheduler=None, progress=False)
+                   clip_grad=None, scheduler=None, progress=False, gene_weights=None)
     losses = [fit(_model(), tr.data, **options).history[0]['train_loss']
               for tr in [traj] + parts]
     assert losses[0] == pytest.approx(losses[1] + losses[2], rel=1e-5)

@@ -26,8 +26,9 @@ def test_learns_a_linear_coupled_system(kwargs):
     torch.manual_seed(0)
     data, X, t = linear_coupled_tissue()
     model = STAGED(3, 2, hidden_channels=8, mlp_channels=16)
+    # unweighted losses, so that the held-out loss is the MSE computed below
     result = fit(model, data, X, t, lr=0.02, holdout_size=3, cell_order='graph',
-                 progress=False, **kwargs)
+                 progress=False, gene_weights=None, **kwargs)
     assert len(result.history) == kwargs['epochs']
     with torch.no_grad():
         pred = model(data, t[7:], X[7])[1:]
@@ -88,8 +89,37 @@ def test_stacked_first_loss_is_the_mean_over_intervals(loss):
                 pred, target = model(data, td[k:k + 2], Xd[k])[-1], Xd[k + 1]
             per.append(float(((pred - target) ** 2).mean()))
     result = fit(model, data, Xd, td, loss=loss, epochs=1, lr=1e-12,
-                 cell_order='graph', progress=False)
+                 cell_order='graph', progress=False, gene_weights=None)
     assert result.history[0]['train_loss'] == pytest.approx(np.mean(per), rel=1e-6)
+
+
+def test_gene_weights_scale_each_gene_by_its_rate_sd():
+    # gene_weights='rate': the first loss is the MSE with every gene's residual
+    # divided by the sd of its finite-difference rates (floored at a tenth of
+    # the median sd), scaled to mean square weight 1; a [G] tensor is used as is
+    data, X, t = _small_problem()
+    model = _student().double()
+    Xd, td = X.double(), t.double()
+    slope = (Xd[1:4] - Xd[:3]) / (td[1:4] - td[:3]).view(-1, 1, 1)  # 3 training intervals
+    with torch.no_grad():
+        pred = torch.stack([model.func.set_graph(data)(td[0], model.initial_state(
+            data, 0.5 * (Xd[k] + Xd[k + 1])))[:, 0].view(16, 3) for k in range(3)])
+    sd = slope.reshape(-1, 3).std(0, unbiased=False)
+    w = 1.0 / sd.clamp_min(0.1 * sd.median())
+    w = w / w.pow(2).mean().sqrt()
+    expected = float((((pred - slope) * w) ** 2).mean())
+    given = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    expected_given = float((((pred - slope) * given) ** 2).mean())
+    for weights, value in (('rate', expected), (given, expected_given)):
+        result = fit(_student().double(), data, Xd, td, epochs=1, lr=1e-12,
+                     cell_order='graph', progress=False, gene_weights=weights)
+        assert result.history[0]['train_loss'] == pytest.approx(value, rel=1e-6)
+    with pytest.raises(ValueError, match="'gene_weights' must be one of"):
+        fit(_student(), data, X, t, epochs=1, cell_order='graph', progress=False,
+            gene_weights='genes')
+    with pytest.raises(ValueError, match="must hold 3 positive finite weights"):
+        fit(_student(), data, X, t, epochs=1, cell_order='graph', progress=False,
+            gene_weights=torch.tensor([1.0, -1.0, 1.0]))
 
 
 def test_checkpoint_round_trip_and_bitwise_resume(tmp_path):
@@ -283,7 +313,7 @@ def test_held_out_blow_up_is_caught():
         return value * 1e12 if blow_up else value
     with pytest.raises(DivergenceError, match=r"^Epoch 1: the fit diverged: held-out"):
         fit(_student(), data, X, t, epochs=3, cell_order='graph', progress=False,
-            loss_fn=loss_fn, callback=lambda record: on.append(1))
+            loss_fn=loss_fn, callback=lambda record: on.append(1), val_every=1)
 
 
 def test_learning_rate_blow_up_is_caught():
@@ -335,7 +365,7 @@ def test_load_model_returns_what_fit_left(tmp_path, restore_best):
     ckpt = tmp_path / 'c.pt'
     result = fit(model, data, X, t, epochs=4, lr=3.0, cell_order='graph',
                  progress=False, restore_best=restore_best, checkpoint=ckpt,
-                 scheduler=None)
+                 scheduler=None, val_every=1)
     assert result.best_epoch != 3  # the best and the last epochs differ here
     loaded, _ = load_model(ckpt)
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
@@ -351,4 +381,16 @@ def test_one_time_point_message_is_not_circular():
         fit(_student(), data, X[:2], t[:2], cell_order='graph', progress=False)
     with pytest.raises(ValueError, match='at least two time points'):
         fit(_student(), data, X[:1], t[:1], holdout=None, cell_order='graph',
+            progress=False)
+
+
+def test_val_every_scores_every_kth_epoch_and_the_last():
+    data, X, t = _small_problem()
+    result = fit(_student(), data, X, t, epochs=7, val_every=3, cell_order='graph',
+                 progress=False)
+    scored = [h['epoch'] for h in result.history if not np.isnan(h['val_loss'])]
+    assert scored == [2, 5, 6]
+    assert result.best_epoch in scored
+    with pytest.raises(ValueError, match="'val_every' must be a positive integer"):
+        fit(_student(), data, X, t, epochs=1, val_every=0, cell_order='graph',
             progress=False)
