@@ -9,6 +9,7 @@ from typing import Dict, Optional
 import torch
 
 from torch_staged import plot
+from torch_staged._allocator import tune_allocator
 from torch_staged.interpret import edge_scores, interaction_tables
 from torch_staged.metrics import interaction_recovery, r2_score, spearman_per_gene
 from torch_staged.models import make_model
@@ -46,11 +47,11 @@ def _fit_and_score(name: str, data, X, t, last: int, truth: dict, epochs: Option
     checkpoint (``out/<name>.pt``). Runs in a worker process when the demo's
     fits run in parallel.
     """
-    if threads is not None:
+    if threads is not None:  # a worker process
         torch.set_num_threads(threads)
+        tune_allocator()
     torch.manual_seed(seed)
-    model = make_model(name, data.num_genes, data.num_cell_types,
-                       hidden_channels=16, mlp_channels=32, type_dim=4)
+    model = make_model(name, data.num_genes, data.num_cell_types)  # the defaults
     start, cpu = time.perf_counter(), time.process_time()
     options = {k: v for k, v in (('epochs', epochs), ('lr', lr)) if v is not None}
     # the training times only: the held-out times score a model that never saw

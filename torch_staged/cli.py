@@ -418,8 +418,10 @@ def _check_new_run(args: argparse.Namespace) -> None:
 def _fit(args: argparse.Namespace) -> None:
     import torch
 
+    from torch_staged._allocator import tune_allocator
     from torch_staged.models import STAGED, make_model
 
+    tune_allocator()  # a long run: reuse freed memory (see _allocator)
     # ---- validate everything before the long work ---------------------------------
     stored_run = _resume_args(args) if args.resume else None
     if stored_run is None:
@@ -931,8 +933,10 @@ def _perturb(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     import torch
 
+    from torch_staged._allocator import tune_allocator
     from torch_staged._demo import run_demo, summary_table
 
+    tune_allocator()
     torch.set_num_threads(args.threads)
     if args.jobs is not None and args.jobs < 1:
         raise CLIError(f"--jobs must be a positive integer (got {args.jobs})")
@@ -1086,7 +1090,7 @@ def _pair_dim(text: str):
 
 
 def _add_fit_training(fitp) -> None:
-    fitp.add_argument('--epochs', type=int, default=600,
+    fitp.add_argument('--epochs', type=int, default=1000,
                       help='Epochs to train (with --resume: the new total).')
     fitp.add_argument('--lr', type=float, default=0.03, help='Adam learning rate.')
     fitp.add_argument('--loss', default='derivative',

@@ -44,11 +44,16 @@ def edge_scores(model, data: TissueData, states: Optional[Tensor] = None,
         states (Tensor, optional): ``[S, N, G]`` expression states (graph cell
             order) at which to evaluate, e.g. the observed trajectory. Defaults to
             the stored trajectories.
-        method (str, optional): ``'attention'`` (the attention coefficient,
-            averaged over heads) or ``'jacobian'`` (the derivative
-            :math:`\partial \dot{x}_v / \partial x_u` through the edge, see
-            :meth:`~torch_staged.nn.STAGEDODEFunc.edge_jacobian`).
-            (default: :obj:`'jacobian'`)
+        method (str, optional): ``'jacobian'``: the signed derivative
+            :math:`\partial \dot{x}_v / \partial x_u` through the edge (see
+            :meth:`~torch_staged.nn.STAGEDODEFunc.edge_jacobian`), in rate of
+            the target per unit of the source: the gate, the source's learned
+            response and the target's sensitivity together, comparable across
+            targets and receptors. ``'attention'``: the attention coefficient
+            (averaged over heads); with the default static signed gates this is
+            the edge's own learned strength in :math:`(-1, 1)`, the same at every
+            state, but its scale is relative to the learned value features, so
+            rank by the Jacobian. (default: :obj:`'jacobian'`)
 
     Returns:
         ``{relation: [E_r] scores}`` in each relation's own edge order.

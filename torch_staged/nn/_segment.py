@@ -174,8 +174,9 @@ class SparseAggregate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, alpha: Tensor, x: Tensor, plan: CSRPlan) -> Tensor:
         size = (plan.num_segments, plan.num_nodes)
-        out = torch.stack([_csr(plan.ptr, plan.col, alpha[:, h].index_select(
-            0, plan.perm).contiguous(), size) @ x for h in range(alpha.size(1))], dim=1)
+        heads = [_csr(plan.ptr, plan.col, alpha[:, h].index_select(0, plan.perm), size) @ x
+                 for h in range(alpha.size(1))]
+        out = heads[0].unsqueeze(1) if len(heads) == 1 else torch.stack(heads, dim=1)
         ctx.save_for_backward(alpha, x)
         ctx.plan = plan
         return out

@@ -446,7 +446,7 @@ def fit(
     loss: str = 'derivative',
     window: int = 4,
     batch_intervals: bool = True,
-    epochs: int = 600,
+    epochs: int = 1000,
     lr: float = 3e-2,
     weight_decay: float = 0.0,
     scheduler: Optional[str] = None,
@@ -521,7 +521,7 @@ def fit(
             per graph: a job is then a graph, not a (graph, interval) pair.
             Memory grows with the number of intervals; :obj:`False` solves them
             one by one, one step each. (default: :obj:`True`)
-        epochs (int, optional): Maximum number of epochs. (default: :obj:`600`)
+        epochs (int, optional): Maximum number of epochs. (default: :obj:`1000`)
         lr (float, optional): Learning rate. (default: :obj:`3e-2`)
         weight_decay (float, optional): Adam weight decay. (default: :obj:`0`)
         scheduler (str, optional): ``'plateau'`` (on the validation loss),
