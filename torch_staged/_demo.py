@@ -80,7 +80,8 @@ def _fit_and_score(name: str, data, X, t, last: int, truth: dict, epochs: Option
 
 def _run_jobs(jobs: int, fits: Dict[str, tuple], baseline_args: tuple):
     """The demo's fits and its baselines: in this process (:obj:`jobs` 1), or
-    in :obj:`jobs` worker processes (one thread each)."""
+    in :obj:`jobs` worker processes (one thread each).
+    """
     if jobs <= 1:
         done = {name: _fit_and_score(*args) for name, args in fits.items()}
         return done, _baselines(*baseline_args)

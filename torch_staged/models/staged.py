@@ -286,7 +286,8 @@ class STAGED(torch.nn.Module):
     def static_scores(self) -> bool:
         """Whether the attention coefficients do not depend on the state
         (``score_state=False`` or ``attention='mean'``), so that a batch of
-        states shares them."""
+        states shares them.
+        """
         return not self.func.conv.score_state
 
     def _set_copies(self, graph, copies: int) -> FusedGeneGraph:
@@ -306,7 +307,8 @@ class STAGED(torch.nn.Module):
     def _stacked_state(self, x: Tensor) -> Tensor:
         """The solver state of :math:`C` expression states ``[C, ...]``:
         ``[N*G, C, F]`` (a batch) with static scores, else ``[C*N*G, F]``
-        (the copies of the repeated graph)."""
+        (the copies of the repeated graph).
+        """
         copies = x.size(0)
         state = x.reshape(copies, -1, 1).to(self.func.decay)
         if self.augment:

@@ -10,7 +10,8 @@ from torch_staged.typing import CELL, GENE, RELATIONS, EdgeType
 class _PermuteRows(torch.autograd.Function):
     """``x[perm]`` for a permutation, whose backward is the gather
     ``grad[inverse]`` (no zero-filled buffer and scatter, as for
-    :meth:`~torch.Tensor.index_select`)."""
+    :meth:`~torch.Tensor.index_select`).
+    """
 
     @staticmethod
     def forward(ctx, x: Tensor, perm: Tensor, inverse: Tensor) -> Tensor:
@@ -28,7 +29,8 @@ class _PermuteRows(torch.autograd.Function):
 
 def permute_rows(x: Tensor, perm: Tensor, inverse: Tensor) -> Tensor:
     """Rows of :obj:`x` in the order :obj:`perm` (a permutation with inverse
-    :obj:`inverse`), with a gather as the backward pass."""
+    :obj:`inverse`), with a gather as the backward pass.
+    """
     return _PermuteRows.apply(x, perm, inverse)
 
 

@@ -167,9 +167,10 @@ def _csr(ptr: Tensor, col: Tensor, values: Tensor, size: Tuple[int, int]) -> Ten
 
 
 class SparseAggregate(torch.autograd.Function):
-    """``out[s, h, :] = sum_{e: seg_e = s} alpha[e, h] * x[src_e, :]`` as
+    r"""``out[s, h, :] = sum_{e: seg_e = s} alpha[e, h] * x[src_e, :]`` as
     sparse (CSR) times dense products; saves :math:`\alpha`, :math:`x` and the
-    plan only."""
+    plan only.
+    """
 
     @staticmethod
     def forward(ctx, alpha: Tensor, x: Tensor, plan: CSRPlan) -> Tensor:

@@ -203,7 +203,8 @@ class STAGEDODEFunc(torch.nn.Module):
     # --------------------------------------------------------------- forward
     def mlp(self, z: Tensor, graph: Optional[FusedGeneGraph] = None) -> Tensor:
         r"""The per-cell-type MLP on ``z [N*G, in]`` (rows in the order of
-        :obj:`graph`, by default the set graph's), one matmul per type."""
+        :obj:`graph`, by default the set graph's), one matmul per type.
+        """
         def apply(t: int, rows: Tensor) -> Tensor:
             hidden = torch.tanh(rows @ self.weight1[t] + self.bias1[t])
             return hidden @ self.weight2[t] + self.bias2[t]
@@ -214,7 +215,8 @@ class STAGEDODEFunc(torch.nn.Module):
         r""":meth:`mlp` of :math:`\mathbf{z} = \mathbf{x} \Vert \mathbf{m} \Vert
         \mathbf{e}` without building :math:`\mathbf{z}`: the first layer is a
         sum of its blocks, the embedding block once per node (not per state of
-        a batch ``[N*G, B, .]``)."""
+        a batch ``[N*G, B, .]``).
+        """
         F_in, M = state.size(-1), messages.size(-1)
         batched = state.dim() == 3
 
@@ -231,8 +233,10 @@ class STAGEDODEFunc(torch.nn.Module):
     def inner_graph(self) -> FusedGeneGraph:
         """The set graph with its gene nodes numbered type by type, on which
         the vector field computes (see :meth:`set_graph`); per-edge tensors
-        such as :obj:`source_shift` are in its edge order."""
-        self.graph  # raises when no graph is set
+        such as :obj:`source_shift` are in its edge order.
+        """
+        if self._fused is None:
+            return self.graph  # raises: no graph is set
         return self._inner[1]
 
     def _to_inner(self, x: Tensor) -> Tensor:
@@ -246,7 +250,8 @@ class STAGEDODEFunc(torch.nn.Module):
     def attention_weights(self, x: Tensor) -> Dict[EdgeType, Tuple[Tensor, Tensor]]:
         r"""The layer's attention coefficients at the state :obj:`x` ``[N*G, F]``
         (node order): ``{relation: (edge_index [2, E_r], alpha [E_r, H])}`` in
-        each relation's own edge order (as :class:`STAGEDConv` returns them)."""
+        each relation's own edge order (as :class:`STAGEDConv` returns them).
+        """
         inner = self.inner_graph
         _, att = self.conv(self._to_inner(x.view(inner.num_nodes, -1)), inner,
                            return_attention_weights=True)

@@ -187,7 +187,8 @@ GENE_WEIGHTS = ('rate', 'type_rate', None)
 
 def _weight_keys(unit: _Unit, by_type: bool) -> Tensor:
     """``[N*G]`` row of each node in the weight table: its gene, or (cell type,
-    gene) as ``type * G + gene``."""
+    gene) as ``type * G + gene``.
+    """
     gene = unit.data[GENE].gene
     if not by_type:
         return gene

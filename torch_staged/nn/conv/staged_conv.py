@@ -307,13 +307,15 @@ class STAGEDConv(MessagePassing):
     @property
     def node_dim_in(self) -> int:
         r"""Size :math:`D = F + \text{gene\_dim} + \text{type\_dim}` of
-        :math:`\mathbf{h}_v`."""
+        :math:`\mathbf{h}_v`.
+        """
         return self.in_channels + self.gene_dim + self.type_dim
 
     @property
     def message_dim(self) -> int:
         r"""Size of the aggregated source features (see
-        :meth:`message_features`)."""
+        :meth:`message_features`).
+        """
         base = self.node_dim_in if self.value_embedding else self.in_channels
         return base + self.value_channels
 
@@ -687,7 +689,8 @@ class STAGEDConv(MessagePassing):
     def csr_plan(self, fused: FusedGeneGraph) -> Optional[CSRPlan]:
         r"""The sparse layouts of ``backend='sparse'`` (see
         :func:`~torch_staged.nn._segment.csr_plan`), built once per graph and
-        cached; :obj:`None` for the other backends."""
+        cached; :obj:`None` for the other backends.
+        """
         if self.backend != 'sparse':
             return None
         cached = self._csr_cache
@@ -722,7 +725,8 @@ class STAGEDConv(MessagePassing):
 
     def update(self, inputs: Tensor, fused: FusedGeneGraph, batch: int = 1) -> Tensor:
         r"""Applies :math:`\mathbf{V}_{r,\tau}` per target cell type,
-        ``[N*G, B, R, H, C]`` (:math:`B = 1` without a batch of states)."""
+        ``[N*G, B, R, H, C]`` (:math:`B = 1` without a batch of states).
+        """
         # V_{r, tau} applied after aggregation, one matmul per cell type.
         R, H = self.num_relations, self.heads
         agg = inputs.view(-1, R, H, batch, self.message_dim)
