@@ -101,3 +101,30 @@ def test_vector_field_equals_its_formula_float64(extra):
         batch = func(torch.tensor(0.0), xs)
         singles = torch.stack([func(torch.tensor(0.0), xs[:, b]) for b in range(3)], 1)
         assert torch.allclose(batch, singles, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize('backend', ['native', 'sparse'])
+def test_compiled_field_compiles_once_over_a_solve(backend):
+    # the evaluation count stays outside the compiled code: 50 evaluations of new
+    # states on one graph compile once, without graph breaks, and count 50
+    import torch._dynamo.utils as dynamo_utils
+    torch.manual_seed(0)
+    data = random_tissue(12, 4, num_pairs=2, seed=2)
+    func = STAGEDODEFunc(4, 3, normalize='gate', score_state=False, pair_dim='full',
+                         value_channels=4, value_embedding=False, backend=backend)
+    func.set_graph(data)
+    x = torch.randn(data['gene'].num_nodes, 3, 1)
+    ref = func(torch.tensor(0.0), x)  # eager (and builds the cached layouts)
+    torch._dynamo.reset()
+    dynamo_utils.counters.clear()
+    try:
+        func.compile_field(backend='eager', fullgraph=True)
+        func.nfe = 0
+        out = func(torch.tensor(0.0), x)
+        for _ in range(49):
+            func(torch.tensor(0.0), torch.randn_like(x))
+        assert torch.allclose(out, ref, atol=1e-6)
+        assert func.nfe == 50
+        assert dynamo_utils.counters['stats']['unique_graphs'] == 1  # compiled once
+    finally:
+        torch._dynamo.reset()

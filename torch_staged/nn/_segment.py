@@ -16,17 +16,19 @@ installed). They give the same results up to float summation order.
 
 A third backend, ``'sparse'``, computes the aggregation as a sparse matrix
 times a dense matrix with :mod:`torch.sparse` CSR kernels (MKL on CPU,
-cuSPARSE on GPU; :class:`SparseAggregate`): :math:`\mathbf{A}\mathbf{X}` with
+cuSPARSE on GPU; :func:`~torch_staged.nn._sparse.sparse_aggregate`, one
+``torch.library`` custom op): :math:`\mathbf{A}\mathbf{X}` with
 :math:`A_{s,u} = \alpha_e` in the forward pass, :math:`\mathbf{A}^\top
 \nabla` and the sampled product :math:`(\nabla \mathbf{X}^\top)_{s,u}` (SDDMM)
 in the backward pass. The softmax of that backend is the native one.
 """
-import warnings
-from typing import NamedTuple, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from torch_staged.nn._sparse import CSRPlan, csr_plan, sparse_aggregate
 
 try:  # optional accelerated backend
     import torch_scatter  # type: ignore
@@ -126,84 +128,6 @@ class WeightedAggregate(torch.autograd.Function):
         return grad_alpha, grad_x, None, None, None, None, None
 
 
-class CSRPlan(NamedTuple):
-    """The sparse layouts of one edge set for :class:`SparseAggregate`: rows
-    (segments) in CSR with sorted columns (sources), and the transpose.
-
-    Attributes:
-        ptr, col, perm: CSR pointer ``[S + 1]``, columns ``[E]`` and the edge of
-            each stored entry ``[E]`` (edges sorted by segment, then source).
-        ptr_t, col_t, perm_t: the same for the transpose (sorted by source,
-            then segment).
-        num_segments, num_nodes: the matrix shape.
-    """
-    ptr: Tensor
-    col: Tensor
-    perm: Tensor
-    ptr_t: Tensor
-    col_t: Tensor
-    perm_t: Tensor
-    num_segments: int
-    num_nodes: int
-
-
-def csr_plan(src: Tensor, seg: Tensor, num_segments: int, num_nodes: int) -> CSRPlan:
-    """Builds the :class:`CSRPlan` of edges ``src -> seg`` (once per graph)."""
-    def layout(rows: Tensor, cols: Tensor, num_rows: int, num_cols: int):
-        perm = torch.argsort(rows * num_cols + cols, stable=True)
-        counts = torch.bincount(rows, minlength=num_rows)
-        ptr = torch.zeros(num_rows + 1, dtype=torch.long, device=rows.device)
-        ptr[1:] = counts.cumsum(0)
-        return ptr, cols.index_select(0, perm), perm
-    ptr, col, perm = layout(seg, src, num_segments, num_nodes)
-    ptr_t, col_t, perm_t = layout(src, seg, num_nodes, num_segments)
-    return CSRPlan(ptr, col, perm, ptr_t, col_t, perm_t, num_segments, num_nodes)
-
-
-def _csr(ptr: Tensor, col: Tensor, values: Tensor, size: Tuple[int, int]) -> Tensor:
-    with warnings.catch_warnings():  # "beta state" / invariant-check notices
-        warnings.simplefilter('ignore', UserWarning)
-        return torch.sparse_csr_tensor(ptr, col, values, size=size)
-
-
-class SparseAggregate(torch.autograd.Function):
-    r"""``out[s, h, :] = sum_{e: seg_e = s} alpha[e, h] * x[src_e, :]`` as
-    sparse (CSR) times dense products; saves :math:`\alpha`, :math:`x` and the
-    plan only.
-    """
-
-    @staticmethod
-    def forward(ctx, alpha: Tensor, x: Tensor, plan: CSRPlan) -> Tensor:
-        size = (plan.num_segments, plan.num_nodes)
-        heads = [_csr(plan.ptr, plan.col, alpha[:, h].index_select(0, plan.perm), size) @ x
-                 for h in range(alpha.size(1))]
-        out = heads[0].unsqueeze(1) if len(heads) == 1 else torch.stack(heads, dim=1)
-        ctx.save_for_backward(alpha, x)
-        ctx.plan = plan
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: Tensor) -> Tuple[Optional[Tensor], ...]:
-        alpha, x = ctx.saved_tensors
-        plan = ctx.plan
-        grad_alpha = grad_x = None
-        if ctx.needs_input_grad[0]:  # SDDMM on the CSR pattern
-            pattern = _csr(plan.ptr, plan.col, alpha.new_ones(plan.col.numel()),
-                           (plan.num_segments, plan.num_nodes))
-            grad_alpha = torch.empty_like(alpha)
-            for h in range(alpha.size(1)):
-                vals = torch.sparse.sampled_addmm(
-                    pattern, grad_out[:, h].contiguous(), x.t(), beta=0.0).values()
-                grad_alpha[plan.perm, h] = vals
-        if ctx.needs_input_grad[1]:
-            size = (plan.num_nodes, plan.num_segments)
-            grad_x = sum(_csr(plan.ptr_t, plan.col_t, alpha[:, h].index_select(
-                0, plan.perm_t).contiguous(), size) @ grad_out[:, h].contiguous()
-                for h in range(alpha.size(1)))
-        return grad_alpha, grad_x, None
-
-
 def segment_softmax(logits: Tensor, seg: Tensor, ptr: Tensor, num_segments: int,
                     backend: str = 'native') -> Tensor:
     r"""Softmax of ``logits`` ``[E, H]`` within the segments given by ``seg`` ``[E]``
@@ -222,5 +146,5 @@ def weighted_aggregate(alpha: Tensor, x: Tensor, src: Tensor, seg: Tensor, ptr: 
     if backend == 'sparse':
         if plan is None:
             plan = csr_plan(src, seg, num_segments, x.size(0))
-        return SparseAggregate.apply(alpha, x, plan)
+        return sparse_aggregate(alpha, x, plan)
     return WeightedAggregate.apply(alpha, x, src, seg, ptr, num_segments, backend)
