@@ -6,6 +6,13 @@ Implementations, on the standard benchmark tissue of DESIGN.md section 6:
   as ``conv(x, fused)`` with ``fused = conv.fuse_graph(data)`` built once
   (its time is reported separately as ``seconds_fuse``);
 * ``staged_gatv2`` -- the same layer with ``attention='gatv2'``;
+* ``staged_sparse`` -- ``staged`` with ``backend='sparse'`` (the aggregation as
+  CSR sparse x dense products, one ``torch.library`` op);
+* ``staged_default`` -- the layer as :class:`~torch_staged.models.STAGED` builds
+  it by default: static signed gates, a free logit per gene pair, 8 value
+  channels without embeddings, ``backend='sparse'``;
+* ``heteroconv_gat`` -- a ``HeteroConv`` of two ``GATConv`` layers: the
+  like-for-like baseline of the GAT-style score;
 * ``heteroconv`` -- what a PyG user would write: a ``HeteroConv`` of two
   ``GATv2Conv`` layers (one per gene -> gene relation) on ``[x || gene
   embedding]``, outputs concatenated. It has no per-cell-type weights, so it
@@ -47,8 +54,17 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-IMPLS = ('staged', 'staged_gatv2', 'heteroconv', 'dense')
-STAGED_IMPLS = ('staged', 'staged_gatv2')
+IMPLS = ('staged', 'staged_gatv2', 'staged_sparse', 'staged_default', 'heteroconv_gat',
+         'heteroconv', 'dense')
+STAGED_IMPLS = ('staged', 'staged_gatv2', 'staged_sparse', 'staged_default')
+#: STAGEDConv options of each STAGED implementation
+STAGED_OPTIONS = {
+    'staged': {}, 'staged_gatv2': dict(attention='gatv2'),
+    'staged_sparse': dict(backend='sparse'),
+    'staged_default': dict(normalize='gate', score_state=False, pair_dim='full',
+                           value_channels=8, value_embedding=False, backend='sparse'),
+    'dense': {},
+}
 NUM_CELL_TYPES = 3
 GENE_DIM = 8  # STAGEDConv's default gene embedding size
 
@@ -123,17 +139,18 @@ class HeteroConvBaseline(torch.nn.Module):
     """
 
     def __init__(self, in_channels, out_channels, num_genes, heads=1,
-                 gene_dim=GENE_DIM, aggr='cat'):
-        from torch_geometric.nn import GATv2Conv, HeteroConv
+                 gene_dim=GENE_DIM, aggr='cat', layer='gatv2'):
+        from torch_geometric.nn import GATConv, GATv2Conv, HeteroConv
 
         from torch_staged.typing import RELATIONS
 
         super().__init__()
         self.gene_emb = torch.nn.Embedding(num_genes, gene_dim)
         dim = in_channels + gene_dim
+        cls = GATv2Conv if layer == 'gatv2' else GATConv
         self.conv = HeteroConv({
-            rel: GATv2Conv((dim, dim), out_channels, heads=heads, edge_dim=1,
-                           add_self_loops=False)
+            rel: cls((dim, dim), out_channels, heads=heads, edge_dim=1,
+                     add_self_loops=False)
             for rel in RELATIONS
         }, aggr=aggr)
 
@@ -152,7 +169,7 @@ def build_config(args, impl, data, x, device):
     if impl in STAGED_IMPLS or impl == 'dense':
         conv = STAGEDConv(1, args.hidden, num_genes=args.genes,
                           num_cell_types=NUM_CELL_TYPES, heads=args.heads,
-                          attention='gatv2' if impl == 'staged_gatv2' else 'gat')
+                          **STAGED_OPTIONS[impl])
         conv = conv.to(device)
         params = list(conv.parameters())
         if impl == 'dense':
@@ -176,7 +193,8 @@ def build_config(args, impl, data, x, device):
         return (lambda: layer(x, fused)), params, extra
 
     model = HeteroConvBaseline(1, args.hidden, args.genes, heads=args.heads,
-                               aggr=args.heteroconv_aggr).to(device)
+                               aggr=args.heteroconv_aggr,
+                               layer='gat' if impl == 'heteroconv_gat' else 'gatv2').to(device)
     edge_index_dict = {rel: data[rel].edge_index for rel in RELATIONS}
     reg = data[REGULATES].edge_index
     edge_attr_dict = {
@@ -323,22 +341,25 @@ def child_argv(args, impl, cells, mem_limit):
 
 
 def add_ratios(records):
-    """``speedup_vs_heteroconv`` and ``mem_ratio_vs_heteroconv`` per size."""
+    """``speedup_vs_<base>``, ``cpu_speedup_vs_<base>`` and ``mem_ratio_vs_<base>``
+    per size, for the bases ``heteroconv`` (GATv2Conv) and ``heteroconv_gat``."""
     key = 'seconds_fwd_bwd'
     for cells in {r['cells'] for r in records}:
         same = [r for r in records if r['cells'] == cells and 'skipped' not in r]
-        base = next((r for r in same if r['impl'] == 'heteroconv'), None)
-        if base is None:
-            continue
-        for r in same:
-            k = key if r.get(key) and base.get(key) else 'seconds_fwd'
-            r['speedup_vs_heteroconv'] = base[k] / r[k]
-            r['speedup_of'] = 'fwd+bwd' if k == key else 'fwd'
-            cpu = 'cpu_' + k
-            if r.get(cpu) and base.get(cpu):
-                r['cpu_speedup_vs_heteroconv'] = base[cpu] / r[cpu]
-            if r.get('peak_mem_bytes') is not None and base.get('peak_mem_bytes'):
-                r['mem_ratio_vs_heteroconv'] = r['peak_mem_bytes'] / base['peak_mem_bytes']
+        for name in ('heteroconv', 'heteroconv_gat'):
+            base = next((r for r in same if r['impl'] == name), None)
+            if base is None:
+                continue
+            for r in same:
+                k = key if r.get(key) and base.get(key) else 'seconds_fwd'
+                r[f'speedup_vs_{name}'] = base[k] / r[k]
+                r['speedup_of'] = 'fwd+bwd' if k == key else 'fwd'
+                cpu = 'cpu_' + k
+                if r.get(cpu) and base.get(cpu):
+                    r[f'cpu_speedup_vs_{name}'] = base[cpu] / r[cpu]
+                if r.get('peak_mem_bytes') is not None and base.get('peak_mem_bytes'):
+                    r[f'mem_ratio_vs_{name}'] = (r['peak_mem_bytes']
+                                                 / base['peak_mem_bytes'])
 
 
 def print_table(records, file=sys.stdout):
@@ -367,6 +388,8 @@ def print_table(records, file=sys.stdout):
         ('speedup', 'speedup_vs_heteroconv', ratio),
         ('cpu speedup', 'cpu_speedup_vs_heteroconv', ratio),
         ('mem ratio', 'mem_ratio_vs_heteroconv', ratio),
+        ('cpu vs GAT', 'cpu_speedup_vs_heteroconv_gat', ratio),
+        ('mem vs GAT', 'mem_ratio_vs_heteroconv_gat', ratio),
         ('fuse s', 'seconds_fuse', lambda v: f'{v:.2f}'),
         ('compile s', 'seconds_compile', lambda v: f'{v:.1f}'),
         ('skipped', 'skipped', lambda v: v[:60]),
