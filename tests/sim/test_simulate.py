@@ -461,7 +461,31 @@ def test_trajectories_from_anndata(default):
     (dict(regulators_per_gene=0), "'regulators_per_gene' must be an integer >= 1"),
     (dict(seed=-1), "'seed'"),
     (dict(snapshot='yes'), "'snapshot' must be True or False"),
+    (dict(init_length_scale=0.0), "'init_length_scale'"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         simulate_tissue(**kwargs)
+
+
+def test_spatially_patterned_initial_states():
+    # init_length_scale: uniform marginals on [0, init_scale] as before, but
+    # neighbouring cells start alike (independent draws: no such correlation)
+    from scipy.spatial import cKDTree
+
+    def neighbour_correlation(adata):
+        x0 = adata.X[adata.obs['time'].to_numpy() == 0.0]
+        pos = adata.obsm['spatial'][adata.obs['time'].to_numpy() == 0.0]
+        _, nearest = cKDTree(pos).query(pos, k=2)
+        a, b = x0, x0[nearest[:, 1]]
+        return np.mean([np.corrcoef(a[:, g], b[:, g])[0, 1] for g in range(x0.shape[1])])
+
+    smooth = simulate_tissue(400, noise=0.0, init_length_scale=3.0, seed=1,
+                             times=[0.0, 1.0])
+    white = simulate_tissue(400, noise=0.0, seed=1, times=[0.0, 1.0])
+    first = smooth.X[smooth.obs['time'].to_numpy() == 0.0]
+    assert first.min() >= 0.0 and first.max() <= 2.0
+    assert 0.8 < first.mean() < 1.2  # uniform on [0, 2]: mean 1
+    assert neighbour_correlation(smooth) > 0.6
+    assert abs(neighbour_correlation(white)) < 0.1
+    assert smooth.uns['truth']['init_length_scale'] == 3.0

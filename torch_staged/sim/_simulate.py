@@ -210,6 +210,20 @@ def _patches(pos: np.ndarray, num_cell_types: int, num_patches: int,
     return (np.asarray(nearest) % num_cell_types).astype(np.int64)
 
 
+def _smooth_uniform(pos: np.ndarray, num_genes: int, length: float,
+                    rng: np.random.Generator, features: int = 64) -> np.ndarray:
+    """``[N, G]`` values with uniform marginals on [0, 1] that vary smoothly in
+    space: the normal CDF of a unit-variance Gaussian random field per gene with
+    a squared-exponential correlation of length :obj:`length` (random Fourier
+    features, Rahimi and Recht 2007).
+    """
+    from scipy.special import ndtr
+    w = rng.standard_normal((num_genes, features, pos.shape[1])) / length  # [G, M, 2]
+    b = rng.uniform(0.0, 2.0 * np.pi, (num_genes, features))
+    z = np.sqrt(2.0 / features) * np.cos(np.einsum('nd,gmd->ngm', pos, w) + b).sum(-1)
+    return ndtr(z)
+
+
 def _check_cell_type(cell_type, num_cells: int, num_cell_types: int) -> np.ndarray:
     arr = np.asarray(cell_type).reshape(-1)
     if arr.shape[0] != num_cells:
@@ -363,6 +377,7 @@ def simulate_tissue(
     type_specific_fraction: float = 0.3,
     prior_false_edges: float = 1.0,
     init_scale: float = 2.0,
+    init_length_scale: Optional[float] = None,
     noise: float = 0.05,
     dt: float = 0.05,
     knockout: Optional[Knockout] = None,
@@ -462,6 +477,14 @@ def simulate_tissue(
             the true edges of each type. (default: :obj:`1.0`)
         init_scale (float, optional): Initial states are uniform on
             ``[0, init_scale]``. (default: :obj:`2.0`)
+        init_length_scale (float, optional): If given, the initial states are
+            spatially patterned: :math:`x_{c,g}(t_0) = \text{init\_scale}\cdot
+            \Phi(z_g(\mathbf{p}_c))` for a smooth Gaussian random field
+            :math:`z_g` per gene (unit variance, squared-exponential correlation
+            of this length, 64 random Fourier features) and the normal CDF
+            :math:`\Phi`, so each marginal is still uniform on ``[0,
+            init_scale]`` but neighbouring cells start alike. :obj:`None`:
+            independent draws per cell. (default: :obj:`None`)
         noise (float, optional): Standard deviation :math:`\sigma` of the
             absolute Gaussian measurement noise. (default: :obj:`0.05`)
         dt (float, optional): Largest RK4 step. (default: :obj:`0.05`)
@@ -547,6 +570,9 @@ def simulate_tissue(
     prior_false_edges = _check_float(prior_false_edges, 'prior_false_edges', 0.0,
                                      high_open=True)
     init_scale = _check_float(init_scale, 'init_scale', 0.0, high_open=True)
+    if init_length_scale is not None:
+        init_length_scale = _check_float(init_length_scale, 'init_length_scale', 0.0,
+                                         low_open=True, high_open=True)
     noise = _check_float(noise, 'noise', 0.0, high_open=True)
     dt = _check_float(dt, 'dt', 0.0, low_open=True, high_open=True)
     snapshot_fraction = _check_float(snapshot_fraction, 'snapshot_fraction', 0.0,
@@ -599,7 +625,10 @@ def simulate_tissue(
     # ---- simulate --------------------------------------------------------------
     src, dst, dist = knn_edges(pos_np, k)
     rhs = _Dynamics(truth, codes, src, dst, dist, length_scale, clamp)
-    x0 = rng_init.uniform(0.0, init_scale, (num_cells, num_genes))
+    if init_length_scale is None:
+        x0 = rng_init.uniform(0.0, init_scale, (num_cells, num_genes))
+    else:
+        x0 = init_scale * _smooth_uniform(pos_np, num_genes, init_length_scale, rng_init)
     x0[clamp] = 0.0
     states = _integrate(rhs, x0, times_np, dt)  # [T, N, G]
     noisy = np.maximum(states + noise * rng_noise.standard_normal(states.shape), 0.0)
@@ -639,7 +668,8 @@ def simulate_tissue(
         spacing=spacing, num_patches=num_patches, k=k, length_scale=length_scale,
         regulators_per_gene=regulators_per_gene,
         type_specific_fraction=type_specific_fraction,
-        prior_false_edges=prior_false_edges, init_scale=init_scale, noise=noise,
+        prior_false_edges=prior_false_edges, init_scale=init_scale,
+        init_length_scale=init_length_scale, noise=noise,
         noise_type='absolute', dt=dt, snapshot=bool(snapshot),
         snapshot_fraction=snapshot_fraction)
     if snapshot:
