@@ -17,10 +17,12 @@ Methods (all :func:`torch_staged.trajectory.infer_trajectories`, entropic OT
 * ``expression OT``: expression only (``alpha_spatial=0``);
 * ``current (spatial, one frame)``: expression + squared distance on the given
   coordinates, as if all sections shared one frame (the method before
-  sections were supported; ``alpha_spatial='auto'``, no alignment);
+  sections were supported; weight 1/h^2, no alignment);
 * ``aligned + fused OT``: sections aligned (``align='rigid'``: fused
   Gromov-Wasserstein + Procrustes), then expression + squared distance in the
-  common frame (``alpha_spatial='auto'``);
+  common frame, weighted ``1/h^2`` or ``alpha_spatial='auto'`` (``r/h^2``).
+  With the defaults (``align='rigid'`` alone) the spatial term is off and the
+  trajectories are those of expression OT;
 * ``oracle frame``: the same cost on the true, untransformed coordinates (a
   bound, not a method).
 
@@ -131,9 +133,9 @@ METHODS = {
     'aligned + fused OT, weight 1/h^2': lambda moved, true: infer_trajectories(
         moved, cell_key='cell_id', library_key='section', align='rigid',
         alpha_spatial=_fixed_alpha(moved)),
-    'aligned + fused OT, auto weight (new default)': lambda moved, true:
+    'aligned + fused OT, auto weight r/h^2': lambda moved, true:
         infer_trajectories(moved, cell_key='cell_id', library_key='section',
-                           align='rigid'),
+                           align='rigid', alpha_spatial='auto'),
     'true frames, weight 1/h^2 (reference)': lambda moved, true: infer_trajectories(
         true, cell_key='cell_id', library_key='section',
         alpha_spatial=_fixed_alpha(true)),
@@ -168,7 +170,7 @@ def main(argv=None):
             out = method(moved, true)
             seconds[name] += time.perf_counter() - tic
             scores[name].append(rmse(out, truth))
-            if name.endswith('(new default)'):
+            if name.endswith('r/h^2'):
                 info.append(out.uns['staged_trajectories']['spatial_information'])
     pattern = ('independent initial states' if args.init_length_scale is None else
                f'initial states patterned over {args.init_length_scale:g} spacings')

@@ -48,6 +48,21 @@ def test_align_sections_recovers_rotation_mirroring_and_shift():
     assert error < 0.05  # every cell observed at every time: exact recovery
 
 
+def test_alignment_alone_leaves_the_expression_trajectories():
+    # the spatial term is off by default: aligning changes the aligned
+    # coordinates, not the trajectories; alpha_spatial='auto' turns it on
+    adata, _ = moved_tissue(fraction=0.5)
+    plain = infer_trajectories(adata, cell_key='cell_id', library_key='section')
+    aligned = infer_trajectories(adata, cell_key='cell_id', library_key='section',
+                                 align='rigid', align_samples=60)
+    assert aligned.uns['staged_trajectories']['alpha_spatial'] == 0.0
+    np.testing.assert_array_equal(aligned.X, plain.X)
+    assert aligned.uns['staged_trajectories']['alignment'].loc['day1', 'mirrored']
+    auto = infer_trajectories(adata, cell_key='cell_id', library_key='section',
+                              align='rigid', align_samples=60, alpha_spatial='auto')
+    assert auto.uns['staged_trajectories']['alpha_spatial'] > 0.0
+    assert not np.array_equal(auto.X, plain.X)
+
 def test_infer_with_sections_and_alignment():
     adata, _ = moved_tissue(fraction=0.5)
     adata.obs_names = [f'bc{i}' for i in range(adata.n_obs)]

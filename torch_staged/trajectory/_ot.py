@@ -249,8 +249,12 @@ def infer_trajectories(
     first mapped into one frame by
     :func:`~torch_staged.trajectory.align_sections` (fused Gromov-Wasserstein
     on subsamples, then Procrustes), and the spatial term of the cost uses
-    these aligned positions. ``alpha_spatial='auto'`` (the default with
-    :obj:`align`) is :math:`r / h^2`: :math:`h^2` is the mean squared
+    these aligned positions when :obj:`alpha_spatial` > 0. The spatial term
+    is off by default: on the package's simulator (``benchmarks/alignment.py``,
+    independent or spatially patterned initial states, low or high noise) it
+    never made the trajectories closer to the truth than expression alone,
+    not even in the true frames. ``alpha_spatial='auto'`` is :math:`r / h^2`:
+    :math:`h^2` is the mean squared
     nearest-neighbour distance of the anchors (so the term is about :math:`r`
     one cell away) and :math:`r \in [0, 1]` measures how much position says
     about expression at the first time (:func:`spatial_information`: 0 when
@@ -292,7 +296,7 @@ def infer_trajectories(
         genes (list of str, optional): Gene panel (subset of ``var_names``).
         alpha_spatial (float or str, optional): Weight :math:`\alpha` of the
             squared spatial distance, or ``'auto'`` (see above).
-            (default: :obj:`None`: ``'auto'`` with :obj:`align`, else ``0``)
+            (default: :obj:`None`: ``0``, expression only)
         reg (float, optional): Entropic regularisation; ``0`` for exact EMD.
             (default: :obj:`0.05`)
         standardize (bool, optional): Standardise genes before the cost.
@@ -344,7 +348,7 @@ def infer_trajectories(
     if align is not None and align not in TRANSFORMS:
         raise ValueError(f"'align' must be one of {TRANSFORMS} or None (got {align!r})")
     if alpha_spatial is None:
-        alpha_spatial = 'auto' if align is not None else 0.0
+        alpha_spatial = 0.0
     if alpha_spatial != 'auto':
         alpha_spatial = _check_number(alpha_spatial, 'alpha_spatial', 0.0)
     structure_weight = _check_number(structure_weight, 'structure_weight', 0.0)
