@@ -8,6 +8,14 @@ For each tissue size (the standard tissue of DESIGN.md section 6) it measures:
 * ``train_step``   one optimiser step of the one-step loss over ``[0, --horizon]``
                    (forward solve, backward through the solver or the adjoint, Adam step).
 
+Times are wall-clock medians; the RHS forward + backward also reports its
+median process CPU time. ``--compile`` compiles the vector field
+(:meth:`STAGEDODEFunc.compile_field`; compilation is timed separately as
+``seconds_compile``). The research code's own shape::
+
+    python benchmarks/ode.py --cells 100 --genes 428 --k 6 --lr-pairs 3 --threads 1 \
+        --runs 20 [--compile]
+
     python benchmarks/ode.py --cells 1000 10000 100000 --json results/ode_cpu.json
     python benchmarks/ode.py --device cuda --cells 1000 10000 100000 1000000
 
@@ -18,6 +26,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import torch
 
@@ -37,6 +46,8 @@ def _measure(args, num_cells: int) -> dict:
                    method=args.method, rtol=args.rtol, atol=args.atol, options=options,
                    adjoint=args.adjoint).to(device)
     func = model.func.set_graph(data)
+    if args.compile:
+        func.compile_field()
     x0 = data['gene'].x[:, :1].contiguous()
     t0 = torch.zeros((), device=device)
     t = torch.tensor([0.0, args.horizon], device=device)
@@ -64,15 +75,21 @@ def _measure(args, num_cells: int) -> dict:
         torch.nn.functional.mse_loss(pred, target).backward()
         opt.step()
 
+    if args.compile:  # compilation is not part of the timings
+        tic = time.perf_counter()
+        rhs_fwd_bwd()
+        rec['seconds_compile'] = time.perf_counter() - tic
     for name, fn in (('rhs_fwd', rhs_fwd), ('rhs_fwd_bwd', rhs_fwd_bwd),
                      ('solve', solve), ('train_step', train_step)):
+        warmup = 2 if args.compile else 1
         try:
             runs = args.runs if name.startswith('rhs') else args.solve_runs
             model.reset_nfe()
-            median, std = _common.timeit(fn, runs=runs, warmup=1, device=device)
-            nfe = model.nfe / (runs + 1)
+            stats = _common.timeit_stats(fn, runs=runs, warmup=warmup, device=device)
+            nfe = model.nfe / (runs + warmup)
             mem = _common.peak_memory(fn, device)
-            rec[name] = dict(seconds=median, seconds_std=std, nfe=nfe,
+            rec[name] = dict(seconds=stats['median'], seconds_std=stats['std'],
+                             cpu_seconds=stats['cpu_median'], nfe=nfe,
                              peak_mem_bytes=mem['peak_bytes'],
                              memory_method=mem['method'])
         except (RuntimeError, MemoryError) as err:
@@ -103,6 +120,8 @@ def main():
     parser.add_argument('--solve-runs', type=int, default=2)
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--timeout', type=float, default=1800)
+    parser.add_argument('--compile', action='store_true',
+                        help='compile the vector field (STAGEDODEFunc.compile_field)')
     parser.add_argument('--json', default=None)
     parser.add_argument('--single', type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument('--single-out', default=None, help=argparse.SUPPRESS)
@@ -126,8 +145,8 @@ def main():
             continue
         skip = False
         argv.append(a)
-    header = (f"{'cells':>9} {'rhs fwd':>10} {'rhs f+b':>10} {'solve':>10} {'nfe':>5} "
-              f"{'train step':>11} {'peak(train)':>12}")
+    header = (f"{'cells':>9} {'rhs fwd':>10} {'rhs f+b':>10} {'f+b cpu':>10} "
+              f"{'solve':>10} {'nfe':>5} {'train step':>11} {'peak(train)':>12}")
     print(header)
     for n in args.cells:
         rec = _common.run_isolated([os.path.abspath(__file__), *argv, '--single', str(n)],
@@ -143,7 +162,8 @@ def main():
             return f"{r['seconds']:10.4f}" if 'seconds' in r else f"{'oom':>10}"
         train = rec.get('train_step', {})
         peak = train.get('peak_mem_bytes')
-        print(f"{n:>9} {s('rhs_fwd')} {s('rhs_fwd_bwd')} {s('solve')} "
+        cpu = rec.get('rhs_fwd_bwd', {}).get('cpu_seconds', float('nan'))
+        print(f"{n:>9} {s('rhs_fwd')} {s('rhs_fwd_bwd')} {cpu:10.4f} {s('solve')} "
               f"{rec.get('solve', {}).get('nfe', float('nan')):5.0f} {s('train_step'):>11} "
               f"{(peak or 0) / 2**20:10.0f} MiB")
     if args.json:

@@ -461,6 +461,39 @@ def test_sparse_backend_matches_native(kwargs):
     assert repr(sparse).endswith("backend='sparse')")
 
 
+@pytest.mark.parametrize('kwargs', [dict(normalize='gate', score_state=False, heads=2,
+                                         value_channels=2, pair_dim='full', edge_dim=1),
+                                    dict(normalize='softmax', score_state=False,
+                                         pair_dim=2, type_dim=2),
+                                    dict(normalize='gate', score_state=False,
+                                         attention='gatv2', heads=2)])
+def test_edge_templates_match_the_per_edge_scores(kwargs):
+    # static scores computed once per (group, source type, source gene, target
+    # gene, attributes) template: the same coefficients, outputs and gradients
+    # as edge by edge, in float64, with empty slots and distance attributes
+    data = random_tissue(24, 5, num_pairs=3, regulators=None, k=2, autocrine=True, seed=7)
+    templated = _conv(5, 3, **kwargs)
+    per_edge = _conv(5, 3, **kwargs)
+    per_edge.use_edge_templates = False
+    fused = templated.fuse_graph(data)
+    templates = templated.edge_templates(fused)
+    assert templates is not None and per_edge.edge_templates(fused) is None
+    assert templates.num_templates < fused.num_edges / 2
+    x_t = data[GENE].x.double().requires_grad_()
+    x_e = x_t.detach().clone().requires_grad_()
+    (out_t, att_t), (out_e, att_e) = (templated(x_t, data, return_attention_weights=True),
+                                      per_edge(x_e, data, return_attention_weights=True))
+    for rel in RELATIONS:
+        assert torch.equal(att_t[rel][1], att_e[rel][1])
+    assert torch.allclose(out_t, out_e, atol=ATOL64, rtol=0)
+    for g_t, g_e in zip(_grads(out_t, [x_t] + list(templated.parameters())),
+                        _grads(out_e, [x_e] + list(per_edge.parameters()))):
+        assert (g_t is None) == (g_e is None)
+        if g_t is not None:
+            assert torch.allclose(g_t, g_e, atol=ATOL64, rtol=0)
+    # state-dependent scores have no templates
+    assert _conv(5, 3).edge_templates(fused) is None
+
 def test_sparse_backend_gradcheck():
     data = random_tissue(6, 3, num_pairs=2, seed=2)
     conv = _conv(3, 3, heads=2, backend='sparse')

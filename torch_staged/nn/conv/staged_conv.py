@@ -18,6 +18,7 @@ from torch_staged.nn._segment import (
     segment_sum,
     weighted_aggregate,
 )
+from torch_staged.nn._templates import EdgeTemplates, edge_templates, select_edges
 from torch_staged.typing import GENE, RELATIONS, EdgeType
 
 GraphInput = Union[FusedGeneGraph, HeteroData, Dict[EdgeType, Tensor]]
@@ -296,6 +297,11 @@ class STAGEDConv(MessagePassing):
         self._fused_cache = None
         self._pair_rows_cache: Optional[Tuple[Tensor, Tuple[Tensor, Tensor]]] = None
         self._csr_cache: Optional[Tuple[Tensor, CSRPlan]] = None
+        self._template_cache: Optional[Tuple[Tensor, Optional[EdgeTemplates]]] = None
+        #: With static scores, compute the coefficients once per edge template
+        #: (see :meth:`edge_templates`); :obj:`False` computes them edge by edge
+        #: (the reference the templates are tested against).
+        self.use_edge_templates = True
         self.reset_parameters()
 
     # ------------------------------------------------------------------ setup
@@ -468,6 +474,7 @@ class STAGEDConv(MessagePassing):
                                   node_type=fused.node_type, source_shift=source_shift,
                                   pair_rows=None if not self.pair_dim
                                   else self.pair_rows(fused),
+                                  templates=self.edge_templates(fused),
                                   size=(fused.num_nodes, num_slots))
         out = self.propagate(fused.edge_index, h=h_msg.flatten(1), alpha=alpha,
                              slot_ptr=fused.slot_ptr, fused=fused,
@@ -608,11 +615,22 @@ class STAGEDConv(MessagePassing):
     def edge_update(self, h: Tensor, key: Tensor, edge_attr: Tensor,
                     edge_index_j: Tensor, index: Tensor, slot_ptr: Tensor,
                     node_type: Tensor, source_shift: Optional[Tensor],
-                    pair_rows: Optional[Tuple[Tensor, Tensor]], dim_size: int) -> Tensor:
-        r"""Attention coefficients :math:`\alpha` ``[E, H]`` of the fused edges."""
+                    pair_rows: Optional[Tuple[Tensor, Tensor]],
+                    templates: Optional[EdgeTemplates], dim_size: int) -> Tensor:
+        r"""Attention coefficients :math:`\alpha` ``[E, H]`` of the fused edges
+        (with :obj:`templates`: computed for one edge per template, then
+        gathered).
+        """
         R, K, H, C = (self.num_relations, self.num_cell_types, self.heads,
                       self.out_channels)
         num_nodes = h.size(0)
+        inverse, full_index = None, index
+        if templates is not None:  # static scores: one edge per template
+            inverse = templates.inverse
+            key, edge_attr, edge_index_j, index = select_edges(
+                templates.rep, key, edge_attr, edge_index_j, index)
+            if pair_rows is not None:
+                pair_rows = select_edges(templates.rep, *pair_rows)
         src_key = edge_index_j * (R * K) + key  # row of (source, group)
         if not self.score_state:  # h holds the embeddings only
             source_shift = None
@@ -651,9 +669,33 @@ class STAGEDConv(MessagePassing):
             logits = logits + self.pair_score(*pair_rows)
         if self.normalize == 'gate':
             alpha = torch.tanh(logits)
+            alpha = alpha if inverse is None else alpha.index_select(0, inverse)
         else:
+            if inverse is not None:
+                logits, index = logits.index_select(0, inverse), full_index
             alpha = segment_softmax(logits, index, slot_ptr, dim_size, self.backend)
         return F.dropout(alpha, p=self.dropout, training=self.training)
+
+    def edge_templates(self, fused: FusedGeneGraph) -> Optional[EdgeTemplates]:
+        r"""With static scores (:obj:`score_state=False`), the edges grouped by
+        what their score depends on, :math:`(k, \tau(u), g(u), g(v))` and
+        their attributes (see :mod:`torch_staged.nn._templates`); built once
+        per graph (cached). :obj:`None` with state-dependent scores, with
+        :attr:`use_edge_templates` off, or where templates would not cut the
+        edges at least in half.
+        """
+        if self.score_state or not self.use_edge_templates:
+            return None
+        cached = self._template_cache
+        if cached is not None and cached[0] is fused.edge_index:
+            return cached[1]
+        dst = torch.div(fused.slot, self.num_relations, rounding_mode='floor')
+        templates = edge_templates(fused.src, fused.key, fused.edge_attr, fused.gene,
+                                   fused.node_type, dst,
+                                   self.num_relations * self.num_cell_types,
+                                   self.num_cell_types, self.num_genes)
+        self._template_cache = (fused.edge_index, templates)
+        return templates
 
     def pair_rows(self, fused: FusedGeneGraph) -> Tuple[Tensor, Tensor]:
         r"""Rows ``[E]`` of the flattened source and target factor tables of
