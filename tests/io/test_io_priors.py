@@ -132,3 +132,68 @@ def test_liana_real_resource():
     out = liana_lr_pairs()
     assert len(out) > 100 and {'ligand', 'receptor', 'receptor_complex'} <= set(out)
     assert not out['receptor'].str.contains('_').any()
+
+
+def _fake_commot(tmp_path, monkeypatch, rows):
+    """A directory laid out like the installed commot package (its CSV files
+    only; commot's code is never imported)."""
+    root = tmp_path / 'site' / 'commot'
+    data = root / 'preprocessing' / '_data' / 'LRdatabase' / 'CellChat'
+    data.mkdir(parents=True)
+    (root / '__init__.py').write_text('raise ImportError("commot must not be imported")\n')
+    pd.DataFrame(rows).to_csv(data / 'CellChatDB.ligrec.mouse.csv')
+    monkeypatch.syspath_prepend(str(tmp_path / 'site'))
+    monkeypatch.delitem(sys.modules, 'commot', raising=False)
+
+
+def test_commot_loader_reads_the_shipped_layout(tmp_path, monkeypatch):
+    from torch_staged.io import commot_lr_pairs
+    _fake_commot(tmp_path, monkeypatch, [
+        ['Tgfb1', 'Tgfbr1_Tgfbr2', 'TGFb', 'Secreted Signaling'],
+        ['Cxcl12', 'Cxcr4', 'CXCL', 'Secreted Signaling'],
+        ['Jag1', 'Notch1', 'NOTCH', 'Cell-Cell Contact'],
+        ['Foo', 'Bar', 'X', 'Secreted Signaling']])
+    panel = ['Tgfb1', 'Tgfbr1', 'Tgfbr2', 'Cxcl12', 'Cxcr4', 'Jag1', 'Notch1']
+    out = commot_lr_pairs('CellChat', 'mouse', genes=panel)
+    assert out[['ligand', 'receptor']].values.tolist() == [
+        ['Tgfb1', 'Tgfbr1'], ['Tgfb1', 'Tgfbr2'], ['Cxcl12', 'Cxcr4'], ['Jag1', 'Notch1']]
+    assert out['receptor_complex'].tolist()[:2] == ['Tgfbr1_Tgfbr2'] * 2
+    assert out['pathway'].tolist() == ['TGFb', 'TGFb', 'CXCL', 'NOTCH']
+    contact = commot_lr_pairs('CellChat', 'mouse', 'Cell-Cell Contact', genes=panel)
+    assert contact[['ligand', 'receptor']].values.tolist() == [['Jag1', 'Notch1']]
+    assert 'commot' not in sys.modules
+    with pytest.raises(ValueError, match="'signaling_type' must be one of"):
+        commot_lr_pairs('CellChat', 'mouse', 'Secreted')
+    with pytest.raises(FileNotFoundError, match='no CellChat table for human'):
+        commot_lr_pairs('CellChat', 'human')
+    with pytest.raises(ValueError, match="'database' must be one of"):
+        commot_lr_pairs('CellChatDB')
+    with pytest.raises(ValueError, match='ships the species'):
+        commot_lr_pairs('CellPhoneDB_v4.0', 'zebrafish')
+
+
+def test_commot_loader_without_commot(monkeypatch):
+    import importlib.util
+
+    from torch_staged.io import commot_lr_pairs
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *args: None)
+    with pytest.raises(ImportError, match=r"pip install 'torch_staged\[commot\]'"):
+        commot_lr_pairs()
+
+
+@pytest.mark.skipif(__import__('importlib').util.find_spec('commot') is None,
+                    reason="the optional package 'commot' is not installed")
+@pytest.mark.parametrize('database, species', [('CellChat', 'human'), ('CellChat', 'mouse'),
+                                               ('CellPhoneDB_v4.0', 'human')])
+def test_commot_real_files(database, species):
+    from torch_staged.io import commot_lr_pairs
+    out = commot_lr_pairs(database, species)
+    assert len(out) > 1000 and out['ligand'].notna().all()
+    tgfb = 'TGFB1' if species == 'human' else 'Tgfb1'
+    assert tgfb in set(out['ligand'])
+    # heteromeric receptors are expanded to their subunits
+    assert (out['receptor_complex'] != out['receptor']).any()
+    panel = [tgfb, tgfb.replace('B1', 'BR1').replace('b1', 'br1'),
+             tgfb.replace('B1', 'BR2').replace('b1', 'br2')]
+    small = commot_lr_pairs(database, species, genes=panel)
+    assert set(small['ligand']) == {tgfb} and set(small['receptor']) <= set(panel[1:])

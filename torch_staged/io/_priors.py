@@ -363,3 +363,93 @@ def liana_lr_pairs(resource_name: str = 'consensus',
         raise TypeError(f"liana.resource.select_resource({resource_name!r}) returned "
                         f"{type(table).__name__}, not a DataFrame")
     return read_lr_pairs(table, genes=genes, missing_genes=missing_genes)
+
+
+#: The ligand -> receptor tables shipped inside commot (database -> (folder,
+#: file pattern, species)).
+COMMOT_DATABASES = {
+    'CellChat': ('CellChat', 'CellChatDB.ligrec.{}.csv', ('human', 'mouse', 'zebrafish')),
+    'CellPhoneDB_v4.0': ('CellPhoneDB_v4.0', 'CellPhoneDBv4.0.{}.csv', ('human', 'mouse')),
+}
+COMMOT_COLUMNS = ('ligand', 'receptor', 'pathway', 'signaling_type')
+
+
+def _commot_file(database: str, species: str) -> str:
+    """The path of one of commot's tables, found without importing commot
+    (its import pulls in scanpy and plotting libraries).
+    """
+    import importlib.util
+    if database not in COMMOT_DATABASES:
+        raise ValueError(f"'database' must be one of {list(COMMOT_DATABASES)} (got "
+                         f"{database!r})")
+    folder, pattern, species_ok = COMMOT_DATABASES[database]
+    if species not in species_ok:
+        raise ValueError(f"{database} ships the species {list(species_ok)} (got "
+                         f"{species!r})")
+    spec = importlib.util.find_spec('commot')
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("commot_lr_pairs() needs the optional package 'commot', which "
+                          "is not installed. Install it with: pip install "
+                          "'torch_staged[commot]' (only its data files are read: "
+                          "'pip install --no-deps commot' is enough)")
+    path = os.path.join(list(spec.submodule_search_locations)[0], 'preprocessing',
+                        '_data', 'LRdatabase', folder, pattern.format(species))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"The installed commot has no {database} table for "
+                                f"{species} ({path}); reinstall commot")
+    return path
+
+
+def commot_lr_pairs(database: str = 'CellChat', species: str = 'human',
+                    signaling_type: Optional[str] = None,
+                    genes: Optional[Sequence[str]] = None,
+                    missing_genes: str = 'ignore') -> pd.DataFrame:
+    r"""CellChatDB (Jin et al. 2021) or CellPhoneDB v4.0 (Efremova et al. 2020)
+    as shipped inside `commot <https://github.com/zcang/COMMOT>`_ (Cang et al.
+    2023), with heteromeric complexes (``'Tgfbr1_Tgfbr2'``) expanded by
+    :func:`read_lr_pairs`.
+
+    commot is an optional dependency: ``pip install 'torch_staged[commot]'``
+    (``pip install --no-deps commot`` suffices: only its CSV files are read,
+    commot itself is never imported). No network access.
+
+    Args:
+        database (str, optional): ``'CellChat'`` or ``'CellPhoneDB_v4.0'``.
+            (default: :obj:`'CellChat'`)
+        species (str, optional): ``'human'``, ``'mouse'`` (both databases) or
+            ``'zebrafish'`` (CellChat). Gene symbols are the species' own
+            (``TGFB1`` / ``Tgfb1``). (default: :obj:`'human'`)
+        signaling_type (str, optional): Keep one kind of pair:
+            ``'Secreted Signaling'``, ``'Cell-Cell Contact'`` or
+            ``'ECM-Receptor'`` (CellChat only); :obj:`None` keeps all.
+            (default: :obj:`None`)
+        genes (list of str, optional): The gene panel (see
+            :func:`read_lr_pairs`). (default: :obj:`None`)
+        missing_genes (str, optional): ``'ignore'``, ``'drop'`` or ``'raise'``
+            for pairs outside the panel. (default: :obj:`'ignore'`)
+
+    Returns:
+        A DataFrame as :func:`read_lr_pairs` returns, with the ``pathway`` and
+        ``signaling_type`` columns of the database.
+
+    Raises:
+        ImportError: If commot is not installed.
+
+    Example:
+        >>> from torch_staged.io import commot_lr_pairs
+        >>> pairs = commot_lr_pairs('CellChat', 'mouse', genes=adata.var_names)  # doctest: +SKIP
+    """
+    path = _commot_file(database, species)
+    table = pd.read_csv(path, index_col=0)
+    if table.shape[1] != len(COMMOT_COLUMNS):
+        raise ValueError(f"{path} has {table.shape[1]} columns, expected "
+                         f"{len(COMMOT_COLUMNS)} (ligand, receptor, pathway, type)")
+    table.columns = list(COMMOT_COLUMNS)
+    if signaling_type is not None:
+        kinds = sorted(table['signaling_type'].dropna().unique().tolist())
+        if signaling_type not in kinds:
+            raise ValueError(f"'signaling_type' must be one of {kinds} for {database} "
+                             f"(got {signaling_type!r})")
+        table = table[table['signaling_type'] == signaling_type]
+    return read_lr_pairs(table.reset_index(drop=True), genes=genes,
+                         missing_genes=missing_genes)
