@@ -13,6 +13,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	# the data files of commot (CellChatDB, CellPhoneDB) for the prior loader's
+	# tests on the real tables; commot's code and dependencies are never used
+	-$(BIN)/pip install --quiet --no-deps "commot==0.0.3"
 	touch $@
 
 setup: $(VENV)/.installed
