@@ -17,6 +17,7 @@ code 2.
 """
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -437,6 +438,9 @@ def _fit(args: argparse.Namespace) -> None:
         keys['--cell-key'] = args.cell_key
     if args.library_key is not None:
         keys['--library-key'] = args.library_key
+    if args.alpha_spatial is not None and not args.snapshots:
+        raise CLIError("--alpha-spatial needs --snapshots (it weighs the spatial term of "
+                       "the matching of snapshots)")
     if args.align is not None and not (args.snapshots and args.library_key):
         raise CLIError("--align needs --snapshots and --library-key (it aligns the "
                        "sections of consecutive times)")
@@ -446,7 +450,8 @@ def _fit(args: argparse.Namespace) -> None:
     genes = _panel(args, adata)
     run = _new_run(args)
     if args.snapshots:
-        run['snapshots'] = dict(run['keys'], seed=args.seed, align=args.align)
+        run['snapshots'] = dict(run['keys'], seed=args.seed, align=args.align,
+                                alpha_spatial=args.alpha_spatial)
         _log(args, 'linking snapshots into trajectories (optimal transport) ...')
         adata = _infer(adata, run, genes)
         os.makedirs(args.out, exist_ok=True)
@@ -778,6 +783,7 @@ def _infer(adata, run: dict, genes):
                              layer=snap['layer'], genes=genes,
                              library_key=snap.get('library_key'),
                              align=snap.get('align'),
+                             alpha_spatial=snap.get('alpha_spatial'),
                              allow_negative=run.get('allow_negative', False),
                              seed=snap.get('seed', 0))
     if cell_key is None and snap['cell_key'] != 'cell_id':
@@ -1037,7 +1043,12 @@ def _add_fit_inputs(fitp) -> None:
     fitp.add_argument('--align', choices=['rigid', 'affine'], default=None,
                       help='With --snapshots and --library-key: align the sections of '
                            'consecutive times (fused Gromov-Wasserstein + Procrustes) '
-                           'before linking them.')
+                           'into one frame (written to the trajectories); the matching '
+                           'uses their aligned positions only with --alpha-spatial.')
+    fitp.add_argument('--alpha-spatial', default=None, type=_alpha_spatial,
+                      help="With --snapshots: weight of the squared spatial distance in "
+                           "the matching cost, a number >= 0 or 'auto' (default: 0, "
+                           "expression only, the best on the package's benchmark).")
     fitp.add_argument('--snapshots', action='store_true',
                       help='Different cells at each time (spatial snapshots): link '
                            'them into trajectories by optimal transport first '
@@ -1073,6 +1084,20 @@ def _add_fit_graph(fitp) -> None:
                       help='Data-parallel training over tiles with torch.distributed; '
                            'launch with: torchrun --nproc_per_node=N -m torch_staged.cli '
                            'fit --distributed --tile-size S ...')
+
+
+def _alpha_spatial(text: str):
+    """``--alpha-spatial``: ``auto`` or a finite number >= 0."""
+    if text == 'auto':
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float('nan')
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number >= 0 "
+                                         f"(got {text!r})")
+    return value
 
 
 def _pair_dim(text: str):

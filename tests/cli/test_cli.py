@@ -203,7 +203,7 @@ def test_cuda_device_without_cuda(bad_root, capsys):
     assert code == 2 and 'CUDA is not available' in err
 
 
-def test_snapshots_chain(tmp_path):
+def test_snapshots_chain(tmp_path, capsys):
     # Spatial snapshots (different cells at each time): fit --snapshots links them
     # by optimal transport; predict / perturb redo the same linking.
     data = tmp_path / 'snap.h5ad'
@@ -215,6 +215,20 @@ def test_snapshots_chain(tmp_path):
                  str(tmp_path / 'snap_lr_pairs.csv'), '--out', str(run)] + FIT_FAST) == 0
     assert (run / 'trajectories.h5ad').exists()
     assert json.loads((run / 'run.json').read_text())['snapshots'] is not None
+    traj = ad.read_h5ad(run / 'trajectories.h5ad')
+    assert traj.uns['staged_trajectories']['alpha_spatial'] == 0.0  # expression only
+    spatial = tmp_path / 'RUN_SPATIAL'
+    assert main(['fit', str(data), '--snapshots', '--alpha-spatial', '0.5', '--lr-pairs',
+                 str(tmp_path / 'snap_lr_pairs.csv'), '--out', str(spatial)]
+                + FIT_FAST) == 0
+    assert json.loads((spatial / 'run.json').read_text())['snapshots']['alpha_spatial'] == 0.5
+    traj = ad.read_h5ad(spatial / 'trajectories.h5ad')
+    assert traj.uns['staged_trajectories']['alpha_spatial'] == 0.5
+    for bad, message in ((['--alpha-spatial', '-1', '--snapshots'], 'a number >= 0'),
+                         (['--alpha-spatial', '0.5'], '--alpha-spatial needs --snapshots')):
+        code = main(['fit', str(data), '--lr-pairs', str(tmp_path / 'snap_lr_pairs.csv'),
+                     '--out', str(tmp_path / 'BAD')] + bad + FIT_FAST)
+        assert code == 2 and message in capsys.readouterr().err
     assert main(['perturb', str(run), str(data), '--knockout', 'L0', '--out',
                  str(tmp_path / 'pert.h5ad'), '--quiet']) == 0
     pert = ad.read_h5ad(tmp_path / 'pert.h5ad')
