@@ -128,3 +128,67 @@ def test_compiled_field_compiles_once_over_a_solve(backend):
         assert dynamo_utils.counters['stats']['unique_graphs'] == 1  # compiled once
     finally:
         torch._dynamo.reset()
+
+
+@pytest.mark.parametrize('extra', [dict(), dict(heads=2, attention='gatv2'),
+                                   dict(score_state=True, normalize='softmax', pair_dim=0,
+                                        value_channels=0, value_embedding=True)])
+def test_folded_values_equal_the_messages_float64(extra):
+    # the value matrices folded into the MLP's first layer (the default) against
+    # the field computed from the layer's messages, in outputs and every gradient,
+    # for one state, a batch of states and the per-edge Jacobian
+    torch.manual_seed(1)
+    data = random_tissue(14, 4, num_cell_types=3, num_pairs=2, autocrine=True, seed=3)
+    func = STAGEDODEFunc(4, 3, type_dim=2, **extra).double().set_graph(data)
+    with torch.no_grad():
+        for p in func.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    n = data['gene'].num_nodes
+    states = [torch.randn(n, 1, dtype=torch.float64)]
+    if not func.conv.score_state:
+        states.append(torch.randn(n, 3, 1, dtype=torch.float64))
+    params = [p for p in func.parameters() if p.requires_grad]
+    for x in states:
+        outs, grads = [], []
+        for fold in (True, False):
+            func.fold_values = fold
+            x_ = x.clone().requires_grad_()
+            out = func(torch.tensor(0.0), x_)
+            weight = torch.randn(out.shape, dtype=out.dtype,
+                                 generator=torch.Generator().manual_seed(0))
+            outs.append(out)
+            grads.append(torch.autograd.grad((out * weight).sum(), [x_] + params,
+                                             allow_unused=True))
+        assert torch.allclose(outs[0], outs[1], atol=1e-12, rtol=0)
+        for a, b in zip(*grads):
+            assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-11))
+    x = states[0]
+    func.fold_values = True
+    folded = func.edge_jacobian(x)
+    func.fold_values = False
+    for a, b in zip(folded, func.edge_jacobian(x)):
+        assert torch.allclose(a, b, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize('concat,bias', [(True, True), (False, True), (False, False)])
+def test_fold_values_of_the_layer(concat, bias):
+    from torch_staged.nn import STAGEDConv
+    torch.manual_seed(2)
+    data = random_tissue(10, 4, num_cell_types=2, seed=4)
+    conv = STAGEDConv(1, 3, num_genes=4, num_cell_types=2, heads=2, concat=concat,
+                      bias=bias).double()
+    with torch.no_grad():
+        for p in conv.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(data['gene'].num_nodes, 1, dtype=torch.float64)
+    out = conv(x, data)
+    sources = conv(x, data, apply_values=False)
+    assert sources.shape == (x.size(0), 2 * 2 * conv.message_dim)
+    W = torch.randn(out.size(-1), 5, dtype=torch.float64)
+    node_type = conv.fuse_graph(data).node_type
+    for t in range(2):
+        rows = node_type == t
+        U, bW = conv.fold_values(t, W)
+        folded = sources[rows] @ U + (0 if bW is None else bW)
+        assert torch.allclose(folded, out[rows] @ W, atol=1e-12, rtol=0)
+        assert (bW is None) == (not bias)

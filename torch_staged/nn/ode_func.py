@@ -133,6 +133,11 @@ class STAGEDODEFunc(torch.nn.Module):
         self._inner: Optional[Tuple[Tensor, FusedGeneGraph]] = None  # type-major
         self._compiled = None  # the compiled field (see compile_field())
         self._clamp: Optional[Tuple[Tensor, Tensor, Tensor]] = None
+        #: Fold the layer's value matrices into the MLP's first layer
+        #: (:meth:`STAGEDConv.fold_values`): the same field without the
+        #: ``[N*G, R*H*C]`` messages; :obj:`False` computes the messages (the
+        #: reference the folded path is tested against).
+        self.fold_values = True
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -219,21 +224,34 @@ class STAGEDODEFunc(torch.nn.Module):
         return (self.graph if graph is None else graph).per_type(z, apply)
 
     def _mlp_parts(self, state: Tensor, messages: Tensor, emb: Optional[Tensor],
-                   graph: FusedGeneGraph) -> Tensor:
+                   graph: FusedGeneGraph, folded: bool = False) -> Tensor:
         r""":meth:`mlp` of :math:`\mathbf{z} = \mathbf{x} \Vert \mathbf{m} \Vert
         \mathbf{e}` without building :math:`\mathbf{z}`: the first layer is a
         sum of its blocks, the embedding block once per node (not per state of
-        a batch ``[N*G, B, .]``).
+        a batch ``[N*G, B, .]``). With :obj:`folded`, :obj:`messages` are the
+        layer's aggregates before its value matrices, and the message block
+        :math:`\mathbf{m} \mathbf{W}_m` is computed as
+        :math:`\mathbf{a} \mathbf{U}_\tau + \mathbf{b} \mathbf{W}_m`
+        (:meth:`STAGEDConv.fold_values`).
         """
-        F_in, M = state.size(-1), messages.size(-1)
+        F_in = state.size(-1)
+        M = (self.weight1.size(1) - F_in - (0 if emb is None else emb.size(-1))
+             if folded else messages.size(-1))
         batched = state.dim() == 3
 
         def apply(t: int, s: Tensor, m: Tensor, e: Optional[Tensor]) -> Tensor:
             w1 = self.weight1[t]
             const = (self.bias1[t].expand(s.size(0), -1) if e is None
                      else torch.addmm(self.bias1[t], e, w1[F_in + M:]))
-            pre = s @ w1[:F_in] + m @ w1[F_in:F_in + M]
-            hidden = torch.tanh(pre + (const.unsqueeze(1) if batched else const))
+            w_m = w1[F_in:F_in + M]
+            if folded:
+                w_m, bias = self.conv.fold_values(t, w_m)
+                const = const if bias is None else const + bias
+            if batched:
+                pre = s @ w1[:F_in] + m @ w_m + const.unsqueeze(1)
+            else:  # accumulated in place of the first product: no temporaries
+                pre = torch.addmm(torch.addmm(const, s, w1[:F_in]), m, w_m)
+            hidden = torch.tanh(pre)
             return hidden @ self.weight2[t] + self.bias2[t]
         return graph.per_type((state, messages, emb), apply)
 
@@ -303,10 +321,11 @@ class STAGEDODEFunc(torch.nn.Module):
         if self._clamp is not None:
             mask = self._clamp[0]
             state = torch.where(mask, self._clamp_values(t), state)
-        messages = self.conv(state, fused, source_shift=source_shift)
+        messages = self.conv(state, fused, source_shift=source_shift,
+                             apply_values=not self.fold_values)
         emb = self.conv.node_embedding(fused.gene, fused.node_type, state.dtype)
         decay = F.softplus(self.decay)[fused.node_type, fused.gene].unsqueeze(-1)
-        dx = (self._mlp_parts(state, messages, emb, fused)
+        dx = (self._mlp_parts(state, messages, emb, fused, folded=self.fold_values)
               - (decay.unsqueeze(1) if batched else decay) * state)
         if self._clamp is not None:
             dx = dx.masked_fill(self._clamp[0], 0.0)

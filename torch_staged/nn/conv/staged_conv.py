@@ -431,6 +431,7 @@ class STAGEDConv(MessagePassing):
         edge_attr_dict: Optional[Dict[EdgeType, Tensor]] = None,
         return_attention_weights: Optional[bool] = None,
         source_shift: Optional[Tensor] = None,
+        apply_values: bool = True,
     ) -> Union[Tensor, Tuple[Tensor, AttentionDict]]:
         r"""Runs the layer.
 
@@ -451,6 +452,12 @@ class STAGEDConv(MessagePassing):
                 Its gradient at 0 is the derivative of the output of :math:`v`
                 through that edge, for every edge in one backward pass (see
                 :meth:`~torch_staged.nn.STAGEDODEFunc.edge_jacobian`).
+            apply_values (bool, optional): With :obj:`False`, return the
+                aggregated source features :math:`\sum_u \alpha_{uv}^{r,h}
+                \mathbf{h}_u` of every node, relation and head, ``[N*G, R*H*D]``
+                (``[N*G, B, R*H*D]`` for a batch), before the value matrices
+                :math:`\mathbf{V}_{r,\tau}` and the bias (see
+                :meth:`fold_values`). (default: :obj:`True`)
         """
         if isinstance(x, dict):
             x = x[GENE]
@@ -480,8 +487,11 @@ class STAGEDConv(MessagePassing):
                              slot_ptr=fused.slot_ptr, fused=fused,
                              source_shift=self._message_shift(source_shift, h,
                                                               fused.edge_index[0]),
-                             batch=max(batch, 1),
+                             batch=max(batch, 1), apply_values=apply_values,
                              size=(fused.num_nodes, num_slots))  # [NG, B, R, H, C]
+        if not apply_values:  # [NG, R, H, B, D] -> [NG, B, R*H*D]
+            out = out.permute(0, 3, 1, 2, 4).flatten(2, 4)
+            return out if batch else out.squeeze(1)
         out = out.flatten(2, 4) if self.concat else out.mean(dim=3).flatten(2, 3)
         out = out if batch else out.squeeze(1)
         if self.bias is not None:
@@ -765,17 +775,48 @@ class STAGEDConv(MessagePassing):
                                     index, slot_ptr, dim_size, self.backend)
         return out
 
-    def update(self, inputs: Tensor, fused: FusedGeneGraph, batch: int = 1) -> Tensor:
+    def update(self, inputs: Tensor, fused: FusedGeneGraph, batch: int = 1,
+               apply_values: bool = True) -> Tensor:
         r"""Applies :math:`\mathbf{V}_{r,\tau}` per target cell type,
-        ``[N*G, B, R, H, C]`` (:math:`B = 1` without a batch of states).
+        ``[N*G, B, R, H, C]`` (:math:`B = 1` without a batch of states); with
+        :obj:`apply_values=False` the aggregates ``[N*G, R, H, B, D]``.
         """
         # V_{r, tau} applied after aggregation, one matmul per cell type.
         R, H = self.num_relations, self.heads
         agg = inputs.view(-1, R, H, batch, self.message_dim)
+        if not apply_values:
+            return agg
         if agg.size(0) == 0:
             return agg.new_zeros(0, batch, R, H, self.out_channels)
         return fused.per_type(agg, lambda t, rows: torch.einsum(
             'nrhbd,rhdc->nbrhc', rows, self.value[:, t].to(rows.dtype)))
+
+    def fold_values(self, cell_type: int, weight: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        r"""Folds a linear map of the layer's output into its aggregates.
+
+        For a map :math:`\mathbf{W}` ``[out_dim, K]`` of the output of targets of
+        type :math:`\tau` and :math:`\mathbf{a}_v` the output of
+        ``forward(..., apply_values=False)``,
+
+        .. math::
+            \mathrm{out}_v \mathbf{W} = \mathbf{a}_v \mathbf{U}_\tau +
+            \mathbf{b} \mathbf{W},
+
+        where :math:`\mathbf{U}_\tau` ``[R*H*D, K]`` stacks
+        :math:`\mathbf{V}_{r,\tau,h} \mathbf{W}_{r,h}` over relations and heads
+        (divided by :math:`H` when heads are averaged). Returns
+        :math:`(\mathbf{U}_\tau, \mathbf{b}\mathbf{W})` (:obj:`None` without a
+        bias). A consumer that applies a linear layer to the output (the
+        vector field's MLP) skips the ``[N*G, out_dim]`` intermediate this way.
+        """
+        R, H, C = self.num_relations, self.heads, self.out_channels
+        V = self.value[:, cell_type].to(weight.dtype)  # [R, H, D, C]
+        if self.concat:
+            U = torch.einsum('rhdc,rhck->rhdk', V, weight.view(R, H, C, -1))
+        else:
+            U = torch.einsum('rhdc,rck->rhdk', V, weight.view(R, C, -1)) / H
+        bias = None if self.bias is None else self.bias.to(weight.dtype) @ weight
+        return U.reshape(-1, weight.size(-1)), bias
 
     def __repr__(self) -> str:
         extra = ''
