@@ -184,6 +184,8 @@ def test_fold_values_of_the_layer(concat, bias):
     out = conv(x, data)
     sources = conv(x, data, apply_values=False)
     assert sources.shape == (x.size(0), 2 * 2 * conv.message_dim)
+    again, att = conv(x, data, apply_values=False, return_attention_weights=True)
+    assert torch.equal(again, sources) and set(att) == set(RELATIONS)
     W = torch.randn(out.size(-1), 5, dtype=torch.float64)
     node_type = conv.fuse_graph(data).node_type
     for t in range(2):

@@ -297,7 +297,8 @@ class STAGEDConv(MessagePassing):
         self._fused_cache = None
         self._pair_rows_cache: Optional[Tuple[Tensor, Tuple[Tensor, Tensor]]] = None
         self._csr_cache: Optional[Tuple[Tensor, CSRPlan]] = None
-        self._template_cache: Optional[Tuple[Tensor, Optional[EdgeTemplates]]] = None
+        self._template_cache: Optional[Tuple[Tensor, Optional[EdgeTemplates],
+                                             Optional[Tensor]]] = None
         #: With static scores, compute the coefficients once per edge template
         #: (see :meth:`edge_templates`); :obj:`False` computes them edge by edge
         #: (the reference the templates are tested against).
@@ -491,10 +492,10 @@ class STAGEDConv(MessagePassing):
                              size=(fused.num_nodes, num_slots))  # [NG, B, R, H, C]
         if not apply_values:  # [NG, R, H, B, D] -> [NG, B, R*H*D]
             out = out.permute(0, 3, 1, 2, 4).flatten(2, 4)
-            return out if batch else out.squeeze(1)
-        out = out.flatten(2, 4) if self.concat else out.mean(dim=3).flatten(2, 3)
+        else:
+            out = out.flatten(2, 4) if self.concat else out.mean(dim=3).flatten(2, 3)
         out = out if batch else out.squeeze(1)
-        if self.bias is not None:
+        if self.bias is not None and apply_values:
             out = out + self.bias
 
         if return_attention_weights:
@@ -697,14 +698,15 @@ class STAGEDConv(MessagePassing):
         if self.score_state or not self.use_edge_templates:
             return None
         cached = self._template_cache
-        if cached is not None and cached[0] is fused.edge_index:
+        if (cached is not None and cached[0] is fused.edge_index
+                and cached[2] is fused.edge_attr):
             return cached[1]
         dst = torch.div(fused.slot, self.num_relations, rounding_mode='floor')
         templates = edge_templates(fused.src, fused.key, fused.edge_attr, fused.gene,
                                    fused.node_type, dst,
                                    self.num_relations * self.num_cell_types,
                                    self.num_cell_types, self.num_genes)
-        self._template_cache = (fused.edge_index, templates)
+        self._template_cache = (fused.edge_index, templates, fused.edge_attr)
         return templates
 
     def pair_rows(self, fused: FusedGeneGraph) -> Tuple[Tensor, Tensor]:
