@@ -8,13 +8,14 @@ BIN := $(VENV)/bin
 
 .PHONY: setup test demo lint bench clean
 
+# The last install is commot's data files (CellChatDB, CellPhoneDB) for the prior
+# loader's tests on the real tables; commot's code and dependencies are never used,
+# and the tests skip when it cannot be installed.
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
-	# the data files of commot (CellChatDB, CellPhoneDB) for the prior loader's
-	# tests on the real tables; commot's code and dependencies are never used
 	-$(BIN)/pip install --quiet --no-deps "commot==0.0.3"
 	touch $@
 
