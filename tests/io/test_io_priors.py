@@ -197,3 +197,22 @@ def test_commot_real_files(database, species):
              tgfb.replace('B1', 'BR2').replace('b1', 'br2')]
     small = commot_lr_pairs(database, species, genes=panel)
     assert set(small['ligand']) == {tgfb} and set(small['receptor']) <= set(panel[1:])
+
+
+def test_reading_a_read_table_again_is_the_same_and_rechecks_complexes():
+    # a table read_lr_pairs wrote (e.g. from liana_lr_pairs or commot_lr_pairs) can be
+    # read again, with another panel: complexes are expanded and checked afresh
+    from torch_staged.io import panel_report
+    table = pd.DataFrame({'ligand': ['TGFB1', 'CXCL12', 'IL7'],
+                          'receptor': ['TGFBR1_TGFBR2', 'CXCR4', 'IL7R'],
+                          'pathway': ['TGFb', 'CXCL', 'IL7']})
+    once = read_lr_pairs(table)
+    before = once.copy()
+    pd.testing.assert_frame_equal(read_lr_pairs(once), once)
+    pd.testing.assert_frame_equal(once, before)  # the user's table is not modified
+    panel = ['TGFB1', 'TGFBR1', 'CXCL12', 'CXCR4']  # TGFBR2 missing
+    again = read_lr_pairs(once, genes=panel, missing_genes='ignore')
+    assert again[['ligand', 'receptor']].values.tolist() == [['CXCL12', 'CXCR4']]
+    report = panel_report(PANEL, lr_pairs={'read': once})
+    assert report['surviving'].tolist() == [4]
+    assert read_grn(read_grn(pd.DataFrame({'source': ['A'], 'target': ['B']}))).shape[0] == 1

@@ -92,6 +92,22 @@ def _split(names: pd.Series, sep: Optional[str], panel: Optional[set]) -> pd.Ser
     return names.map(parts)
 
 
+def _unexpanded(frame: pd.DataFrame) -> pd.DataFrame:
+    """A table :func:`read_lr_pairs` wrote (``ligand``, ``receptor``,
+    ``ligand_complex``, ``receptor_complex``) back to one row per complex pair,
+    so that reading it again (e.g. with another gene panel) expands and checks
+    the complexes afresh instead of failing.
+    """
+    names = ('ligand', 'receptor', 'ligand_complex', 'receptor_complex')
+    if not set(names) <= set(frame.columns):
+        return frame
+    rows = frame.drop(columns=['ligand', 'receptor']).drop_duplicates()
+    rows = rows.rename(columns={'ligand_complex': 'ligand',
+                                'receptor_complex': 'receptor'})
+    return rows[['ligand', 'receptor'] + [c for c in rows.columns
+                                          if c not in ('ligand', 'receptor')]]
+
+
 def read_lr_pairs(
     source: PairTable,
     *,
@@ -159,6 +175,7 @@ def read_lr_pairs(
     cols = ('ligand', 'receptor')
     frame = _load(source, what)
     if frame is not None:
+        frame = _unexpanded(frame)
         frame = _rename(frame, [('ligand', LIGAND_ALIASES, ligand_key),
                                 ('receptor', RECEPTOR_ALIASES, receptor_key)],
                         what, required=2)
