@@ -543,3 +543,14 @@ def test_bad_inputs_give_clear_errors():
         conv(x, data[REGULATES].edge_index)
     with pytest.raises(TypeError, match='got Data'):
         conv(x, Data(edge_index=data[REGULATES].edge_index, num_nodes=40))
+
+
+def test_a_large_full_pair_table_warns(monkeypatch):
+    import torch_staged.nn.conv.staged_conv as module
+    monkeypatch.setattr(module, 'LARGE_PAIR_TABLE', 100)
+    with pytest.warns(UserWarning, match=r"pass pair_dim=<rank>"):
+        STAGEDConv(1, 2, num_genes=10, num_cell_types=2, pair_dim='full')  # 400 entries
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        STAGEDConv(1, 2, num_genes=10, num_cell_types=2, pair_dim=4)
+        STAGEDConv(1, 2, num_genes=5, num_cell_types=2, pair_dim='full')  # 100 entries

@@ -1,4 +1,5 @@
 import math
+import warnings
 from typing import Dict, Optional, Tuple, Union
 
 import torch
@@ -22,6 +23,19 @@ from torch_staged.nn._templates import EdgeTemplates, edge_templates, select_edg
 from torch_staged.typing import GENE, RELATIONS, EdgeType
 
 GraphInput = Union[FusedGeneGraph, HeteroData, Dict[EdgeType, Tensor]]
+#: A full gene-pair table above this many entries gets a warning (256 MiB in
+#: float32, before the optimiser's state).
+LARGE_PAIR_TABLE = 2 ** 26
+
+
+def _warn_large_pair_table(entries: int) -> None:
+    if entries > LARGE_PAIR_TABLE:
+        warnings.warn(
+            f"pair_dim='full' allocates a dense [relations * cell types, genes, genes, "
+            f"heads] table of {entries:,} parameters ({entries * 4 / 2**30:.1f} GiB in "
+            f"float32; Adam keeps two more of the same size), although only the prior's "
+            f"gene pairs are used: for a large panel pass pair_dim=<rank> (e.g. 8)",
+            stacklevel=3)
 AttentionDict = Dict[EdgeType, Tuple[Tensor, Tensor]]
 
 ATTENTION_TYPES = ('gat', 'gatv2')
@@ -285,6 +299,8 @@ class STAGEDConv(MessagePassing):
                          if low_rank else None)
         self.pair_dst = (Parameter(torch.empty(R * K, num_genes, H, pair_dim))
                          if low_rank else None)
+        if pair_dim == 'full':
+            _warn_large_pair_table(R * K * num_genes * num_genes * H)
         self.pair_table = (Parameter(torch.empty(R * K, num_genes, num_genes, H))
                            if pair_dim == 'full' else None)
         # node-level value features psi(h) = tanh(h W + b), before the edge pass
