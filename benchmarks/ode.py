@@ -79,9 +79,9 @@ def _measure(args, num_cells: int) -> dict:
         tic = time.perf_counter()
         rhs_fwd_bwd()
         rec['seconds_compile'] = time.perf_counter() - tic
+    warmup = 2 if args.compile else 1
     for name, fn in (('rhs_fwd', rhs_fwd), ('rhs_fwd_bwd', rhs_fwd_bwd),
                      ('solve', solve), ('train_step', train_step)):
-        warmup = 2 if args.compile else 1
         try:
             runs = args.runs if name.startswith('rhs') else args.solve_runs
             model.reset_nfe()

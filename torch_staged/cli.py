@@ -1086,32 +1086,28 @@ def _add_fit_graph(fitp) -> None:
                            'fit --distributed --tile-size S ...')
 
 
-def _alpha_spatial(text: str):
-    """``--alpha-spatial``: ``auto`` or a finite number >= 0."""
-    if text == 'auto':
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        value = float('nan')
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a number >= 0 "
-                                         f"(got {text!r})")
-    return value
+def _word_or_number(word: str, number, what: str):
+    """An argparse type: :obj:`word`, or a finite number >= 0 read by
+    :obj:`number` (``int`` or ``float``).
+    """
+    def parse(text: str):
+        if text == word:
+            return text
+        try:
+            value = number(text)
+        except ValueError:
+            value = -1
+        if not math.isfinite(value) or value < 0:
+            raise argparse.ArgumentTypeError(f"expected '{word}' or {what} >= 0 "
+                                             f"(got {text!r})")
+        return value
+    return parse
 
 
-def _pair_dim(text: str):
-    """``--pair-dim``: ``full`` or a non-negative integer."""
-    if text == 'full':
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 'full' or an integer >= 0 "
-                                         f"(got {text!r})")
-    return value
+#: ``--alpha-spatial``: ``auto`` or a number >= 0
+_alpha_spatial = _word_or_number('auto', float, 'a number')
+#: ``--pair-dim``: ``full`` or a non-negative integer
+_pair_dim = _word_or_number('full', int, 'an integer')
 
 
 def _add_fit_training(fitp) -> None:

@@ -39,6 +39,14 @@ def _grads(out, inputs, seed=0):
     return torch.autograd.grad((out * weight).sum(), inputs, allow_unused=True)
 
 
+def _assert_same_grads(out_a, inputs_a, out_b, inputs_b):
+    """The same gradients (float64) of two outputs under one random weighting."""
+    for g_a, g_b in zip(_grads(out_a, inputs_a), _grads(out_b, inputs_b)):
+        assert (g_a is None) == (g_b is None)
+        if g_a is not None:
+            assert torch.allclose(g_a, g_b, atol=ATOL64, rtol=0)
+
+
 def _split(conv, out):
     """The (regulates, signals) halves of the output columns (concat=True)."""
     width = conv.heads * conv.out_channels
@@ -453,11 +461,8 @@ def test_sparse_backend_matches_native(kwargs):
     out_n = native(x_n, data)
     out_s = sparse(x_s, data)
     assert torch.allclose(out_s, out_n, atol=ATOL64, rtol=0)
-    for g_s, g_n in zip(_grads(out_s, [x_s] + list(sparse.parameters())),
-                        _grads(out_n, [x_n] + list(native.parameters()))):
-        assert (g_s is None) == (g_n is None)
-        if g_s is not None:
-            assert torch.allclose(g_s, g_n, atol=ATOL64, rtol=0)
+    _assert_same_grads(out_s, [x_s] + list(sparse.parameters()),
+                       out_n, [x_n] + list(native.parameters()))
     assert repr(sparse).endswith("backend='sparse')")
 
 
@@ -486,13 +491,11 @@ def test_edge_templates_match_the_per_edge_scores(kwargs):
     for rel in RELATIONS:
         assert torch.equal(att_t[rel][1], att_e[rel][1])
     assert torch.allclose(out_t, out_e, atol=ATOL64, rtol=0)
-    for g_t, g_e in zip(_grads(out_t, [x_t] + list(templated.parameters())),
-                        _grads(out_e, [x_e] + list(per_edge.parameters()))):
-        assert (g_t is None) == (g_e is None)
-        if g_t is not None:
-            assert torch.allclose(g_t, g_e, atol=ATOL64, rtol=0)
+    _assert_same_grads(out_t, [x_t] + list(templated.parameters()),
+                       out_e, [x_e] + list(per_edge.parameters()))
     # state-dependent scores have no templates
     assert _conv(5, 3).edge_templates(fused) is None
+
 
 def test_sparse_backend_gradcheck():
     data = random_tissue(6, 3, num_pairs=2, seed=2)

@@ -28,14 +28,26 @@ MAX_TEMPLATE_FRACTION = 0.5
 
 class EdgeTemplates(NamedTuple):
     r"""The representative edge of every template and the template of every
-    edge (built by :func:`edge_templates`, cached per graph by the layer).
+    edge (built by :func:`edge_templates`, cached per graph by the layer), and
+    the per-edge inputs of the scores at the representatives (filled in by
+    the layer, since they are fixed for a graph as well).
 
     Attributes:
         rep (Tensor): ``[T]`` fused edge index of each template's representative.
         inverse (Tensor): ``[E]`` template of every fused edge.
+        src (Tensor, optional): ``[T]`` source gene node of each representative.
+        slot (Tensor, optional): ``[T]`` target slot of each representative.
+        key (Tensor, optional): ``[T]`` group of each representative.
+        edge_attr (Tensor, optional): ``[T, D_e]`` its attributes.
+        pair_rows (tuple, optional): ``([T], [T])`` its gene-pair table rows.
     """
     rep: Tensor
     inverse: Tensor
+    src: Optional[Tensor] = None
+    slot: Optional[Tensor] = None
+    key: Optional[Tensor] = None
+    edge_attr: Optional[Tensor] = None
+    pair_rows: Optional[Tuple[Tensor, Tensor]] = None
 
     @property
     def num_templates(self) -> int:

@@ -653,11 +653,9 @@ class STAGEDConv(MessagePassing):
         num_nodes = h.size(0)
         inverse, full_index = None, index
         if templates is not None:  # static scores: one edge per template
-            inverse = templates.inverse
-            key, edge_attr, edge_index_j, index = select_edges(
-                templates.rep, key, edge_attr, edge_index_j, index)
-            if pair_rows is not None:
-                pair_rows = select_edges(templates.rep, *pair_rows)
+            inverse, key, edge_attr = templates.inverse, templates.key, templates.edge_attr
+            edge_index_j, index = templates.src, templates.slot
+            pair_rows = templates.pair_rows
         src_key = edge_index_j * (R * K) + key  # row of (source, group)
         if not self.score_state:  # h holds the embeddings only
             source_shift = None
@@ -722,6 +720,13 @@ class STAGEDConv(MessagePassing):
                                    fused.node_type, dst,
                                    self.num_relations * self.num_cell_types,
                                    self.num_cell_types, self.num_genes)
+        if templates is not None:  # the representatives' inputs, fixed for the graph
+            src, slot, key, edge_attr = select_edges(
+                templates.rep, fused.src, fused.slot, fused.key, fused.edge_attr)
+            pair_rows = (None if not self.pair_dim
+                         else select_edges(templates.rep, *self.pair_rows(fused)))
+            templates = templates._replace(src=src, slot=slot, key=key,
+                                           edge_attr=edge_attr, pair_rows=pair_rows)
         self._template_cache = (fused.edge_index, templates, fused.edge_attr)
         return templates
 
