@@ -24,6 +24,8 @@ import sys
 import time
 from typing import List, Optional
 
+from torch_staged._atomic import write_json_atomic
+
 #: Format tag of ``run.json``.
 RUN_FORMAT = 'torch_staged.run/1'
 RUN_JSON = 'run.json'
@@ -240,14 +242,6 @@ RESUME_LEGACY = {'state_scores': True, 'value_channels': 0, 'val_every': 1,
 _NOT_STORED = ('handler', 'command', 'resume', 'overwrite')
 
 
-def _write_json(path: str, payload: dict) -> None:
-    """Writes JSON through a temporary file and a rename (never half-written)."""
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, path)
-
-
 def _read_run_json(folder: str) -> Optional[dict]:
     """The ``run.json`` of :obj:`folder` (:obj:`None` if there is none)."""
     path = os.path.join(folder, RUN_JSON)
@@ -281,7 +275,7 @@ def _set_status(folder: str, run: dict, status: str, **extra) -> None:
     run.update(status=status, epochs_done=_epochs_done(folder), **extra)
     if status == 'complete':
         run.pop('error', None)
-    _write_json(os.path.join(folder, RUN_JSON), run)
+    write_json_atomic(os.path.join(folder, RUN_JSON), run)
 
 
 def _unfinished(path: str, run: dict) -> Optional[str]:

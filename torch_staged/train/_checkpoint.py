@@ -2,10 +2,11 @@
 import json
 import os
 import pickle
-import tempfile
 from typing import Any, Dict, Tuple, Union
 
 import torch
+
+from torch_staged._atomic import write_atomic
 
 FORMAT = 'torch_staged.checkpoint/1'
 
@@ -19,25 +20,14 @@ def _check_json(value: Any, what: str):
 
 def save_checkpoint(path: Union[str, os.PathLike], state: Dict[str, Any]) -> None:
     """Writes :obj:`state` to :obj:`path` atomically (a temporary file in the same
-    folder, then :func:`os.replace`), so a crash never leaves a half-written
+    folder, then :func:`os.replace`, with Ctrl-C / SIGTERM held back until the
+    file is complete), so neither a crash nor an interrupt leaves a half-written
     checkpoint. Only tensors and plain Python values are stored.
     """
     _check_json(state.get('config', {}), 'config')
     _check_json(state.get('fit_config', {}), 'fit_config')
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.ckpt-', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(dict(state, format=FORMAT), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_atomic(path, lambda f: torch.save(dict(state, format=FORMAT), f),
+                 mode='wb', prefix='.ckpt-')
 
 
 class CheckpointError(ValueError):

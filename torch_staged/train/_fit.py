@@ -1,10 +1,8 @@
 """The STAGED training loop."""
-import json
 import logging
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -14,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from torch_staged._atomic import write_json_atomic
 from torch_staged.data.tissue_data import TissueData
 from torch_staged.models.staged import STAGED, IntegrationError
 from torch_staged.train import _distributed as dist
@@ -317,21 +316,6 @@ def _check_parameters(params: List[Tensor], start: float, divergence: Optional[f
             f"Epoch {epoch}, step {step}: the fit diverged: a parameter reached "
             f"{largest:.3g}, over {divergence:g} times the largest at the start "
             f"({start:.3g}). Lower the learning rate 'lr'", epoch, step, largest, start)
-
-
-def _write_json_atomic(path: Union[str, os.PathLike], payload: Dict[str, Any]) -> None:
-    """Writes :obj:`payload` as JSON through a temporary file and a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.history-', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w') as f:
-            json.dump(payload, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _progress_mode(progress: Union[bool, str]) -> Optional[str]:
@@ -769,7 +753,7 @@ def fit(
                 dist.barrier()  # the checkpoint is complete before anyone goes on
         # after the checkpoint, so that the history never runs ahead of it
         if history_path is not None and main:
-            _write_json_atomic(history_path, _history(result, fit_config))
+            write_json_atomic(history_path, _history(result, fit_config))
         if callback is not None:
             callback(record)
         if stop:
@@ -781,7 +765,7 @@ def fit(
         model.load_state_dict(best_state)
     model.eval()
     if history_path is not None and main:
-        _write_json_atomic(history_path, _history(result, fit_config))
+        write_json_atomic(history_path, _history(result, fit_config))
     return result
 
 
