@@ -10,13 +10,16 @@ BIN := $(VENV)/bin
 
 # The last install is commot's data files (CellChatDB, CellPhoneDB) for the prior
 # loader's tests on the real tables; commot's code and dependencies are never used,
-# and the tests skip when it cannot be installed.
+# and the tests skip when it cannot be installed. Then the C++ CPU kernels are
+# compiled into torch's extension cache (about 20 s; without a compiler the
+# package says so and uses its pure-PyTorch code).
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	-$(BIN)/pip install --quiet --no-deps "commot==0.0.3"
+	$(BIN)/python -c "from torch_staged.nn._cpp import build; build()"
 	touch $@
 
 setup: $(VENV)/.installed

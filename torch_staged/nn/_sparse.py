@@ -1,5 +1,6 @@
-r"""The attention-weighted aggregation as CSR sparse x dense products
-(:mod:`torch.sparse`: MKL on CPU, cuSPARSE on GPU), one custom operator.
+r"""The attention-weighted aggregation over a CSR layout, one custom operator:
+a compiled C++ loop over the rows on CPU (:mod:`torch_staged.nn._cpp`), else
+sparse x dense products (:mod:`torch.sparse`: MKL on CPU, cuSPARSE on GPU).
 
 .. math::
     \mathbf{out}_{s,h} = \sum_{e:\, seg_e = s} \alpha_{e,h}\, \mathbf{x}_{src_e}
@@ -22,6 +23,9 @@ from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
+
+from torch_staged.nn import _cpp
+from torch_staged.nn._typed import use_kernel
 
 
 class CSRPlan(NamedTuple):
@@ -66,6 +70,9 @@ def _csr(ptr: Tensor, col: Tensor, values: Tensor, size: Tuple[int, int]) -> Ten
 
 def _forward(alpha: Tensor, x: Tensor, ptr: Tensor, col: Tensor, perm: Tensor,
              num_segments: int) -> Tensor:
+    if use_kernel(x):  # one C++ loop over the rows
+        return _cpp.ops().csr_aggregate(alpha.contiguous(), x.contiguous(), ptr, col, perm,
+                                        num_segments)
     size = (num_segments, x.size(0))
     heads = [_csr(ptr, col, alpha[:, h].index_select(0, perm), size) @ x
              for h in range(alpha.size(1))]
@@ -77,6 +84,11 @@ def _backward(grad: Tensor, alpha: Tensor, x: Tensor, ptr: Tensor, col: Tensor,
               num_segments: int, need_alpha: bool, need_x: bool
               ) -> Tuple[Tensor, Tensor]:
     """``(grad_alpha, grad_x)``; an empty tensor for a gradient not needed."""
+    if use_kernel(x):  # C++ loops over the rows and over the sources (transposed)
+        grad_alpha, grad_x = _cpp.ops().csr_aggregate_backward(
+            grad.contiguous(), alpha.contiguous(), x.contiguous(), ptr, col, perm, ptr_t,
+            col_t, perm_t, need_alpha, need_x)
+        return grad_alpha, grad_x
     grad_alpha, grad_x = alpha.new_empty(0), x.new_empty(0)
     if need_alpha:  # SDDMM on the CSR pattern
         pattern = _csr(ptr, col, alpha.new_ones(col.numel()), (num_segments, x.size(0)))

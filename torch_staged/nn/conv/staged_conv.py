@@ -20,6 +20,8 @@ from torch_staged.nn._segment import (
     weighted_aggregate,
 )
 from torch_staged.nn._templates import EdgeTemplates, edge_templates, select_edges
+from torch_staged.nn._typed import CUSTOM_OP as _TYPED_OP
+from torch_staged.nn._typed import typed_linear, use_kernel
 from torch_staged.typing import GENE, RELATIONS, EdgeType
 
 GraphInput = Union[FusedGeneGraph, HeteroData, Dict[EdgeType, Tensor]]
@@ -500,18 +502,20 @@ class STAGEDConv(MessagePassing):
                                   else self.pair_rows(fused),
                                   templates=self.edge_templates(fused),
                                   size=(fused.num_nodes, num_slots))
+        typed = apply_values and self.typed_values(fused, x, batch)
         out = self.propagate(fused.edge_index, h=h_msg.flatten(1), alpha=alpha,
                              slot_ptr=fused.slot_ptr, fused=fused,
                              source_shift=self._message_shift(source_shift, h,
                                                               fused.edge_index[0]),
                              batch=max(batch, 1), apply_values=apply_values,
+                             typed=typed,
                              size=(fused.num_nodes, num_slots))  # [NG, B, R, H, C]
         if not apply_values:  # [NG, R, H, B, D] -> [NG, B, R*H*D]
             out = out.permute(0, 3, 1, 2, 4).flatten(2, 4)
         else:
             out = out.flatten(2, 4) if self.concat else out.mean(dim=3).flatten(2, 3)
         out = out if batch else out.squeeze(1)
-        if self.bias is not None and apply_values:
+        if self.bias is not None and apply_values and not typed:  # typed: added there
             out = out + self.bias
 
         if return_attention_weights:
@@ -799,10 +803,12 @@ class STAGEDConv(MessagePassing):
         return out
 
     def update(self, inputs: Tensor, fused: FusedGeneGraph, batch: int = 1,
-               apply_values: bool = True) -> Tensor:
+               apply_values: bool = True, typed: bool = False) -> Tensor:
         r"""Applies :math:`\mathbf{V}_{r,\tau}` per target cell type,
         ``[N*G, B, R, H, C]`` (:math:`B = 1` without a batch of states); with
-        :obj:`apply_values=False` the aggregates ``[N*G, R, H, B, D]``.
+        :obj:`apply_values=False` the aggregates ``[N*G, R, H, B, D]``. With
+        :obj:`typed` (see :meth:`typed_values`) the matrices are picked row by
+        row (and the bias added), else the rows are grouped by cell type.
         """
         # V_{r, tau} applied after aggregation, one matmul per cell type.
         R, H = self.num_relations, self.heads
@@ -811,8 +817,27 @@ class STAGEDConv(MessagePassing):
             return agg
         if agg.size(0) == 0:
             return agg.new_zeros(0, batch, R, H, self.out_channels)
+        if typed:  # one block per (relation, head): [K, R*H, D, C]
+            K, C = self.num_cell_types, self.out_channels
+            V = self.value.to(agg.dtype).transpose(0, 1).reshape(K, R * H,
+                                                                 self.message_dim, C)
+            bias = None if self.bias is None else self.bias.to(agg.dtype).view(R * H, C)
+            out = typed_linear(agg.view(-1, R * H, self.message_dim), fused.node_type, V,
+                               bias)
+            return out.view(-1, 1, R, H, C)
         return fused.per_type(agg, lambda t, rows: torch.einsum(
             'nrhbd,rhdc->nbrhc', rows, self.value[:, t].to(rows.dtype)))
+
+    def typed_values(self, fused: FusedGeneGraph, x: Tensor, batch: int) -> bool:
+        r"""Whether :meth:`update` applies the value matrices row by row with the
+        compiled kernel (:func:`~torch_staged.nn._typed.typed_linear`): on CPU,
+        for one state (no batch), concatenated heads, gene nodes of several
+        cell types in a mixed order. Otherwise the rows of each cell type are
+        gathered, multiplied and scattered back (a slice each when the nodes
+        are numbered type by type, :meth:`FusedGeneGraph.type_major`).
+        """
+        return (_TYPED_OP and not batch and self.concat and not fused.grouped
+                and sum(size > 0 for size in fused.type_sizes) > 1 and use_kernel(x))
 
     def fold_values(self, cell_type: int, weight: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         r"""Folds a linear map of the layer's output into its aggregates.

@@ -1,0 +1,152 @@
+"""The compiled CPU kernels against their pure-PyTorch fallbacks (both run in CI)."""
+import pytest
+import torch
+
+from torch_staged.nn import STAGEDConv, _cpp
+from torch_staged.nn._sparse import _backward, _forward, csr_plan, sparse_aggregate
+from torch_staged.nn._typed import reference_backward, reference_forward, typed_linear
+from torch_staged.testing import random_tissue
+from torch_staged.typing import GENE
+
+needs_kernels = pytest.mark.skipif(not _cpp.cpp_kernels_available(),
+                                   reason='no C++ compiler: the fallback is tested alone')
+
+
+@pytest.fixture
+def fallback():
+    """The pure-PyTorch code only, for the duration of a test."""
+    _cpp.use_cpp_kernels(False)
+    yield
+    _cpp.use_cpp_kernels(None)
+
+
+def _layout(num_edges=60, num_nodes=12, num_rows=20, seed=0):
+    # rows 0 and 7 and node 3 receive / send nothing (empty rows, an isolated node)
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(num_nodes, (num_edges, ), generator=g)
+    src[src == 3] = 4
+    seg = torch.randint(num_rows, (num_edges, ), generator=g)
+    seg[(seg == 0) | (seg == 7)] = 8
+    return src, seg, csr_plan(src, seg, num_rows, num_nodes)
+
+
+@needs_kernels
+@pytest.mark.parametrize('heads,dim', [(1, 1), (1, 9), (3, 4)])
+def test_csr_kernel_equals_the_sparse_products(heads, dim):
+    src, seg, plan = _layout()
+    alpha = torch.randn(src.numel(), heads, dtype=torch.float64)
+    x = torch.randn(12, dim, dtype=torch.float64)
+    grad = torch.randn(20, heads, dim, dtype=torch.float64)
+    ops = _cpp.ops()
+    out = ops.csr_aggregate(alpha, x, plan.ptr, plan.col, plan.perm, 20)
+    _cpp.use_cpp_kernels(False)
+    try:
+        ref = _forward(alpha, x, plan.ptr, plan.col, plan.perm, 20)
+        ref_a, ref_x = _backward(grad, alpha, x, *plan[:6], 20, True, True)
+    finally:
+        _cpp.use_cpp_kernels(None)
+    # and the obvious loop over edges
+    loop = torch.zeros(20, heads, dim, dtype=torch.float64)
+    for e in range(src.numel()):
+        loop[seg[e]] += alpha[e].unsqueeze(-1) * x[src[e]]
+    assert torch.allclose(out, ref, atol=1e-12) and torch.allclose(out, loop, atol=1e-12)
+    assert out[0].abs().max() == 0 and out[7].abs().max() == 0
+    grad_a, grad_x = ops.csr_aggregate_backward(grad, alpha, x, *plan[:6], True, True)
+    assert torch.allclose(grad_a, ref_a, atol=1e-12)
+    assert torch.allclose(grad_x, ref_x, atol=1e-12)
+    assert grad_x[3].abs().max() == 0  # the isolated node
+    only_x = ops.csr_aggregate_backward(grad, alpha, x, *plan[:6], False, True)
+    assert only_x[0].numel() == 0 and torch.allclose(only_x[1], ref_x, atol=1e-12)
+
+
+@pytest.mark.parametrize('kernels', [pytest.param(True, marks=needs_kernels), False])
+def test_csr_aggregate_gradcheck(kernels):
+    src, seg, plan = _layout(num_edges=30, num_nodes=8, num_rows=10, seed=1)
+    alpha = torch.randn(src.numel(), 2, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(8, 3, dtype=torch.float64, requires_grad=True)
+    _cpp.use_cpp_kernels(kernels)
+    try:
+        assert torch.autograd.gradcheck(lambda a, b: sparse_aggregate(a, b, plan),
+                                        (alpha, x))
+    finally:
+        _cpp.use_cpp_kernels(None)
+
+
+@pytest.mark.parametrize('kernels', [pytest.param(True, marks=needs_kernels), False])
+@pytest.mark.parametrize('num_types,blocks,din,dout', [(3, 2, 9, 16), (1, 1, 3, 5),
+                                                       (4, 3, 2, 11)])
+def test_typed_linear_matches_a_per_row_product(kernels, num_types, blocks, din, dout):
+    g = torch.Generator().manual_seed(0)
+    M = 37  # not a multiple of the kernel's 4 rows at a time
+    a = torch.randn(M, blocks, din, dtype=torch.float64, generator=g, requires_grad=True)
+    kind = torch.randint(num_types, (M, ), generator=g)
+    w = torch.randn(num_types, blocks, din, dout, dtype=torch.float64, generator=g,
+                    requires_grad=True)
+    bias = torch.randn(blocks, dout, dtype=torch.float64, generator=g, requires_grad=True)
+    _cpp.use_cpp_kernels(kernels)
+    try:
+        out = typed_linear(a, kind, w, bias)
+        ref = torch.einsum('mbd,mbdc->mbc', a, w[kind]) + bias
+        assert torch.allclose(out, ref, atol=1e-12)
+        assert torch.autograd.gradcheck(lambda *t: typed_linear(t[0], kind, t[1], t[2]),
+                                        (a, w, bias))
+        # an expanded gradient (as the backward of a sum gives) is read in place
+        grad = torch.ones(1, 1, 1, dtype=torch.float64).expand(M, blocks, dout)
+        got = torch.autograd.grad(out, (a, w, bias), grad)
+        want = torch.autograd.grad(ref, (a, w, bias), grad)
+        assert all(torch.allclose(x, y, atol=1e-12) for x, y in zip(got, want))
+    finally:
+        _cpp.use_cpp_kernels(None)
+
+
+def test_typed_linear_reference_is_the_loop_over_types():
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(10, 2, 3, dtype=torch.float64, generator=g)
+    kind = torch.tensor([0, 2, 2, 0, 1, 1, 2, 0, 0, 2])
+    w = torch.randn(3, 2, 3, 4, dtype=torch.float64, generator=g)
+    out = reference_forward(a, kind, w, None)
+    assert torch.allclose(out, torch.einsum('mbd,mbdc->mbc', a, w[kind]))
+    grad = torch.randn(10, 2, 4, dtype=torch.float64, generator=g)
+    grad_a, grad_w = reference_backward(grad, a, kind, w, True, True)
+    assert torch.allclose(grad_a, torch.einsum('mbc,mbdc->mbd', grad, w[kind]))
+    assert torch.allclose(grad_w[1], torch.einsum('mbd,mbc->bdc', a[4:6], grad[4:6]))
+
+
+@needs_kernels
+@pytest.mark.parametrize('options', [
+    dict(normalize='gate', score_state=False, pair_dim='full', value_channels=8,
+         value_embedding=False),
+    dict(heads=2), dict(heads=2, concat=False), dict(num_cell_types=1)])
+@pytest.mark.parametrize('backend', ['sparse', 'native'])
+def test_layer_with_kernels_equals_the_layer_without(options, backend):
+    options = dict(options)
+    types = options.pop('num_cell_types', 3)
+    data = random_tissue(num_cells=30, num_genes=6, num_cell_types=types, k=1,
+                         regulators=1, seed=3)  # k=1, 1 regulator: empty slots
+    conv = STAGEDConv(1, 4, num_genes=6, num_cell_types=types, backend=backend,
+                      **options).double()
+    x = data[GENE].x.double()
+    weight = torch.randn(30 * 6, conv.out_dim, dtype=torch.float64)
+    results = []
+    for kernels in (False, True):
+        _cpp.use_cpp_kernels(kernels)
+        try:
+            xk = x.clone().requires_grad_()
+            conv.zero_grad()
+            out = conv(xk, data)
+            (out * weight).sum().backward()
+            results.append([out.detach(), xk.grad]
+                           + [p.grad for p in conv.parameters() if p.grad is not None])
+        finally:
+            _cpp.use_cpp_kernels(None)
+    assert len(results[0]) == len(results[1])
+    for slow, fast in zip(*results):
+        assert torch.allclose(slow, fast, atol=1e-12, rtol=0)
+
+
+def test_the_switch_and_the_environment(monkeypatch, fallback):
+    assert not _cpp.cpp_kernels_available()  # off for this test
+    _cpp.use_cpp_kernels(None)
+    monkeypatch.setenv('TORCH_STAGED_CPP', '0')
+    assert not _cpp.cpp_kernels_available()
+    assert not _cpp.build(verbose=False)  # says so, builds nothing

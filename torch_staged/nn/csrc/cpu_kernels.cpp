@@ -1,0 +1,306 @@
+// CPU kernels of torch_staged (compiled on first use, see torch_staged/nn/_cpp.py).
+//
+// csr_aggregate:  out[s, h, :] = sum_{j in [ptr[s], ptr[s+1])} alpha[perm[j], h] * x[col[j], :]
+// its backward:   grad_alpha[perm[j], h] = <grad[s, h, :], x[col[j], :]>          (per row s)
+//                 grad_x[u, :] = sum_{j in [ptr_t[u], ptr_t[u+1])} sum_h
+//                                alpha[perm_t[j], h] * grad[col_t[j], h, :]      (per source u)
+// typed_linear:   out[m, b, :] = a[m, b, :] @ w[type[m], b] (+ bias[b, :])
+// its backward:   grad_a[m, b, :] = grad[m, b, :] @ w[type[m], b]^T,
+//                 grad_w[k, b] = sum_{m: type[m] = k} a[m, b, :]^T grad[m, b, :]
+//
+// Every output row is written by one thread (no atomics): the backward of the
+// aggregation walks the transposed layout, and the weight gradient of
+// typed_linear sums per-thread partial tables. Threads come from
+// at::parallel_for (OpenMP in the CPU builds of torch; torch.set_num_threads).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+namespace {
+
+constexpr int64_t kGrain = 256;  // rows per task
+
+template <typename scalar_t>
+void aggregate_rows(const scalar_t* alpha, const scalar_t* x, const int64_t* ptr,
+                    const int64_t* col, const int64_t* perm, scalar_t* out,
+                    int64_t num_rows, int64_t H, int64_t D) {
+  at::parallel_for(0, num_rows, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t s = begin; s < end; ++s) {
+      scalar_t* o = out + s * H * D;
+      for (int64_t i = 0; i < H * D; ++i) o[i] = 0;
+      for (int64_t j = ptr[s]; j < ptr[s + 1]; ++j) {
+        const scalar_t* xs = x + col[j] * D;
+        const scalar_t* a = alpha + perm[j] * H;
+        for (int64_t h = 0; h < H; ++h) {
+          const scalar_t w = a[h];
+          scalar_t* oh = o + h * D;
+          for (int64_t d = 0; d < D; ++d) oh[d] += w * xs[d];
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void alpha_grad_rows(const scalar_t* grad, const scalar_t* x, const int64_t* ptr,
+                     const int64_t* col, const int64_t* perm, scalar_t* grad_alpha,
+                     int64_t num_rows, int64_t H, int64_t D) {
+  at::parallel_for(0, num_rows, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t s = begin; s < end; ++s) {
+      const scalar_t* g = grad + s * H * D;
+      for (int64_t j = ptr[s]; j < ptr[s + 1]; ++j) {
+        const scalar_t* xs = x + col[j] * D;
+        scalar_t* ga = grad_alpha + perm[j] * H;
+        for (int64_t h = 0; h < H; ++h) {
+          scalar_t acc = 0;
+          for (int64_t d = 0; d < D; ++d) acc += g[h * D + d] * xs[d];
+          ga[h] = acc;
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void x_grad_rows(const scalar_t* grad, const scalar_t* alpha, const int64_t* ptr_t,
+                 const int64_t* col_t, const int64_t* perm_t, scalar_t* grad_x,
+                 int64_t num_nodes, int64_t H, int64_t D) {
+  at::parallel_for(0, num_nodes, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      scalar_t* gx = grad_x + u * D;
+      for (int64_t d = 0; d < D; ++d) gx[d] = 0;
+      for (int64_t j = ptr_t[u]; j < ptr_t[u + 1]; ++j) {
+        const scalar_t* g = grad + col_t[j] * H * D;
+        const scalar_t* a = alpha + perm_t[j] * H;
+        for (int64_t h = 0; h < H; ++h) {
+          const scalar_t w = a[h];
+          for (int64_t d = 0; d < D; ++d) gx[d] += w * g[h * D + d];
+        }
+      }
+    }
+  });
+}
+
+void check_layout(const at::Tensor& ptr, const at::Tensor& col, const at::Tensor& perm) {
+  TORCH_CHECK(ptr.scalar_type() == at::kLong && col.scalar_type() == at::kLong &&
+                  perm.scalar_type() == at::kLong,
+              "torch_staged csr kernels: the index layouts must be int64");
+  TORCH_CHECK(ptr.is_contiguous() && col.is_contiguous() && perm.is_contiguous(),
+              "torch_staged csr kernels: the index layouts must be contiguous");
+}
+
+at::Tensor csr_aggregate(const at::Tensor& alpha, const at::Tensor& x, const at::Tensor& ptr,
+                         const at::Tensor& col, const at::Tensor& perm, int64_t num_rows) {
+  check_layout(ptr, col, perm);
+  TORCH_CHECK(alpha.dim() == 2 && x.dim() == 2 && alpha.is_contiguous() && x.is_contiguous(),
+              "csr_aggregate: alpha [E, H] and x [N, D] must be contiguous");
+  const int64_t H = alpha.size(1), D = x.size(1);
+  auto out = at::empty({num_rows, H, D}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "csr_aggregate", [&] {
+    aggregate_rows<scalar_t>(alpha.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+                             ptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(),
+                             perm.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), num_rows,
+                             H, D);
+  });
+  return out;
+}
+
+std::vector<at::Tensor> csr_aggregate_backward(
+    const at::Tensor& grad, const at::Tensor& alpha, const at::Tensor& x,
+    const at::Tensor& ptr, const at::Tensor& col, const at::Tensor& perm,
+    const at::Tensor& ptr_t, const at::Tensor& col_t, const at::Tensor& perm_t,
+    bool need_alpha, bool need_x) {
+  check_layout(ptr, col, perm);
+  check_layout(ptr_t, col_t, perm_t);
+  TORCH_CHECK(grad.is_contiguous() && alpha.is_contiguous() && x.is_contiguous(),
+              "csr_aggregate_backward: the inputs must be contiguous");
+  const int64_t H = alpha.size(1), D = x.size(1);
+  const int64_t num_rows = ptr.numel() - 1, num_nodes = ptr_t.numel() - 1;
+  at::Tensor grad_alpha = need_alpha ? at::empty_like(alpha) : alpha.new_empty({0});
+  at::Tensor grad_x = need_x ? at::empty_like(x) : x.new_empty({0});
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "csr_aggregate_backward", [&] {
+    if (need_alpha) {
+      if (grad_alpha.numel() > ptr[num_rows].item<int64_t>() * H)  // edges in no row
+        grad_alpha.zero_();
+      alpha_grad_rows<scalar_t>(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+                                ptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(),
+                                perm.data_ptr<int64_t>(), grad_alpha.data_ptr<scalar_t>(),
+                                num_rows, H, D);
+    }
+    if (need_x)
+      x_grad_rows<scalar_t>(grad.data_ptr<scalar_t>(), alpha.data_ptr<scalar_t>(),
+                            ptr_t.data_ptr<int64_t>(), col_t.data_ptr<int64_t>(),
+                            perm_t.data_ptr<int64_t>(), grad_x.data_ptr<scalar_t>(),
+                            num_nodes, H, D);
+  });
+  return {grad_alpha, grad_x};
+}
+
+// Rows dst_r = a_r @ w_r (+ bias_r) of P independent (row, block) pairs at once,
+// in register blocks of 8 columns: P chains of multiply-adds in flight hide
+// their latency (one row at a time is latency-bound at these small widths).
+template <typename scalar_t, int P>
+inline void typed_pairs(const scalar_t* const* am, const scalar_t* const* wb,
+                        const scalar_t* const* bias, scalar_t* const* dst, int64_t Din,
+                        int64_t Dout, int64_t sd) {
+  constexpr int64_t W = 8;
+  int64_t c0 = 0;
+  for (; c0 + W <= Dout; c0 += W) {
+    scalar_t acc[P][W];
+    for (int r = 0; r < P; ++r)
+      for (int64_t c = 0; c < W; ++c) acc[r][c] = bias[r] ? bias[r][c0 + c] : scalar_t(0);
+    for (int64_t d = 0; d < Din; ++d)
+      for (int r = 0; r < P; ++r) {
+        const scalar_t v = am[r][d * sd];
+        const scalar_t* row = wb[r] + d * Dout + c0;
+        for (int64_t c = 0; c < W; ++c) acc[r][c] += v * row[c];
+      }
+    for (int r = 0; r < P; ++r)
+      for (int64_t c = 0; c < W; ++c) dst[r][c0 + c] = acc[r][c];
+  }
+  for (int64_t c = c0; c < Dout; ++c) {
+    scalar_t acc[P];
+    for (int r = 0; r < P; ++r) acc[r] = bias[r] ? bias[r][c] : scalar_t(0);
+    for (int64_t d = 0; d < Din; ++d)
+      for (int r = 0; r < P; ++r) acc[r] += am[r][d * sd] * wb[r][d * Dout + c];
+    for (int r = 0; r < P; ++r) dst[r][c] = acc[r];
+  }
+}
+
+// The element strides of an input [M, B, D] (a gradient may be expanded).
+struct Strides {
+  int64_t m, b, d;
+};
+
+Strides strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2)}; }
+
+template <typename scalar_t>
+void typed_rows(const scalar_t* a, Strides sa, const int64_t* type, const scalar_t* w,
+                const scalar_t* bias, scalar_t* out, int64_t M, int64_t B, int64_t Din,
+                int64_t Dout) {
+  constexpr int P = 4;
+  at::parallel_for(0, M * B, kGrain * B, [&](int64_t begin, int64_t end) {
+    const scalar_t* am[P];
+    const scalar_t* wb[P];
+    const scalar_t* bs[P];
+    scalar_t* dst[P];
+    int n = 0;
+    for (int64_t q = begin; q < end; ++q) {  // (row, block) pair q = m * B + b
+      const int64_t m = q / B, b = q % B;
+      am[n] = a + m * sa.m + b * sa.b;
+      wb[n] = w + (type[m] * B + b) * Din * Dout;
+      bs[n] = bias ? bias + b * Dout : nullptr;
+      dst[n] = out + q * Dout;
+      if (++n == P) {
+        typed_pairs<scalar_t, P>(am, wb, bs, dst, Din, Dout, sa.d);
+        n = 0;
+      }
+    }
+    for (int r = 0; r < n; ++r)
+      typed_pairs<scalar_t, 1>(am + r, wb + r, bs + r, dst + r, Din, Dout, sa.d);
+  });
+}
+
+at::Tensor typed_linear(const at::Tensor& a, const at::Tensor& type, const at::Tensor& w,
+                        const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(a.dim() == 3 && w.dim() == 4 && a.size(1) == w.size(1) &&
+                  a.size(2) == w.size(2) && a.is_contiguous() && w.is_contiguous(),
+              "typed_linear: a [M, B, Din] and w [K, B, Din, Dout] must be contiguous");
+  TORCH_CHECK(type.scalar_type() == at::kLong && type.is_contiguous() &&
+                  type.numel() == a.size(0),
+              "typed_linear: type must be a contiguous int64 [M]");
+  const int64_t M = a.size(0), B = a.size(1), Din = a.size(2), Dout = w.size(3);
+  auto out = at::empty({M, B, Dout}, a.options());
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "typed_linear", [&] {
+    const scalar_t* b = bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr;
+    typed_rows<scalar_t>(a.data_ptr<scalar_t>(), strides_of(a), type.data_ptr<int64_t>(),
+                         w.data_ptr<scalar_t>(), b, out.data_ptr<scalar_t>(), M, B, Din,
+                         Dout);
+  });
+  return out;
+}
+
+template <typename scalar_t>
+void typed_grad_w(const scalar_t* grad, Strides sg, const int64_t* type, const scalar_t* a,
+                  scalar_t* grad_w, int64_t M, int64_t K, int64_t B, int64_t Din,
+                  int64_t Dout) {
+  const int64_t table = K * B * Din * Dout;
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
+                                                                (M + 4095) / 4096));
+  std::vector<scalar_t> partial(chunks * table, scalar_t(0));
+  at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
+    for (int64_t chunk = first; chunk < last; ++chunk) {
+      scalar_t* gw = partial.data() + chunk * table;
+      const int64_t begin = M * chunk / chunks, end = M * (chunk + 1) / chunks;
+      std::vector<scalar_t> row_of_grad(Dout);
+      scalar_t* __restrict__ g = row_of_grad.data();
+      for (int64_t m = begin; m < end; ++m) {
+        scalar_t* gt = gw + type[m] * B * Din * Dout;
+        for (int64_t b = 0; b < B; ++b) {
+          const scalar_t* gm = grad + m * sg.m + b * sg.b;
+          for (int64_t c = 0; c < Dout; ++c) g[c] = gm[c * sg.d];
+          const scalar_t* __restrict__ am = a + (m * B + b) * Din;
+          scalar_t* gb = gt + b * Din * Dout;
+          for (int64_t d = 0; d < Din; ++d) {
+            const scalar_t v = am[d];
+            scalar_t* __restrict__ row = gb + d * Dout;
+            for (int64_t c = 0; c < Dout; ++c) row[c] += v * g[c];
+          }
+        }
+      }
+    }
+  });
+  for (int64_t i = 0; i < table; ++i) {
+    scalar_t acc = 0;
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) acc += partial[chunk * table + i];
+    grad_w[i] = acc;
+  }
+}
+
+std::vector<at::Tensor> typed_linear_backward(const at::Tensor& grad, const at::Tensor& a,
+                                              const at::Tensor& type, const at::Tensor& w,
+                                              bool need_a, bool need_w) {
+  TORCH_CHECK(grad.dim() == 3 && grad.size(0) == a.size(0) && grad.size(1) == a.size(1) &&
+                  grad.size(2) == w.size(3),
+              "typed_linear_backward: grad must be [M, B, Dout]");
+  const int64_t M = a.size(0), B = a.size(1), Din = a.size(2), Dout = w.size(3);
+  at::Tensor grad_a = need_a ? at::empty_like(a) : a.new_empty({0});
+  at::Tensor grad_w = need_w ? at::empty_like(w) : w.new_empty({0});
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "typed_linear_backward", [&] {
+    if (need_a) {  // grad_a = grad @ w^T: the forward kernel on the transposed blocks
+      const at::Tensor wt = w.transpose(2, 3).contiguous();
+      typed_rows<scalar_t>(grad.data_ptr<scalar_t>(), strides_of(grad),
+                           type.data_ptr<int64_t>(),
+                           wt.data_ptr<scalar_t>(), nullptr, grad_a.data_ptr<scalar_t>(), M,
+                           B, Dout, Din);
+    }
+    if (need_w)
+      typed_grad_w<scalar_t>(grad.data_ptr<scalar_t>(), strides_of(grad),
+                             type.data_ptr<int64_t>(),
+                             a.data_ptr<scalar_t>(), grad_w.data_ptr<scalar_t>(), M,
+                             w.size(0), B, Din, Dout);
+  });
+  return {grad_a, grad_w};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(torch_staged_cpu, m) {
+  m.def("csr_aggregate(Tensor alpha, Tensor x, Tensor ptr, Tensor col, Tensor perm, "
+        "int num_rows) -> Tensor");
+  m.def("csr_aggregate_backward(Tensor grad, Tensor alpha, Tensor x, Tensor ptr, "
+        "Tensor col, Tensor perm, Tensor ptr_t, Tensor col_t, Tensor perm_t, "
+        "bool need_alpha, bool need_x) -> Tensor[]");
+  m.def("typed_linear(Tensor a, Tensor type, Tensor w, Tensor? bias) -> Tensor");
+  m.def("typed_linear_backward(Tensor grad, Tensor a, Tensor type, Tensor w, "
+        "bool need_a, bool need_w) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(torch_staged_cpu, CPU, m) {
+  m.impl("csr_aggregate", &csr_aggregate);
+  m.impl("csr_aggregate_backward", &csr_aggregate_backward);
+  m.impl("typed_linear", &typed_linear);
+  m.impl("typed_linear_backward", &typed_linear_backward);
+}
