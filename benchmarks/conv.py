@@ -11,6 +11,9 @@ Implementations, on the standard benchmark tissue of DESIGN.md section 6:
 * ``staged_default`` -- the layer as :class:`~torch_staged.models.STAGED` builds
   it by default: static signed gates, a free logit per gene pair, 8 value
   channels without embeddings, ``backend='sparse'``;
+* ``staged_default_pytorch`` -- ``staged_default`` without the compiled CPU
+  kernels (``use_cpp_kernels(False)``: MKL sparse products and a loop over the
+  cell types, the fallback of a machine without a C++ compiler);
 * ``heteroconv_gat`` -- a ``HeteroConv`` of two ``GATConv`` layers: the
   like-for-like baseline of the GAT-style score;
 * ``heteroconv`` -- what a PyG user would write: a ``HeteroConv`` of two
@@ -54,15 +57,20 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-IMPLS = ('staged', 'staged_gatv2', 'staged_sparse', 'staged_default', 'heteroconv_gat',
+IMPLS = ('staged', 'staged_gatv2', 'staged_sparse', 'staged_default',
+         'staged_default_pytorch', 'heteroconv_gat',
          'heteroconv', 'dense')
-STAGED_IMPLS = ('staged', 'staged_gatv2', 'staged_sparse', 'staged_default')
+STAGED_IMPLS = ('staged', 'staged_gatv2', 'staged_sparse', 'staged_default',
+                'staged_default_pytorch')
 #: STAGEDConv options of each STAGED implementation
 STAGED_OPTIONS = {
     'staged': {}, 'staged_gatv2': dict(attention='gatv2'),
     'staged_sparse': dict(backend='sparse'),
     'staged_default': dict(normalize='gate', score_state=False, pair_dim='full',
                            value_channels=8, value_embedding=False, backend='sparse'),
+    'staged_default_pytorch': dict(normalize='gate', score_state=False, pair_dim='full',
+                                   value_channels=8, value_embedding=False,
+                                   backend='sparse'),
     'dense': {},
 }
 NUM_CELL_TYPES = 3
@@ -165,7 +173,8 @@ def build_config(args, impl, data, x, device):
     from torch_staged.nn import STAGEDConv
     from torch_staged.typing import GENE, REGULATES, RELATIONS, SIGNALS
 
-    extra = {}
+    from torch_staged.nn import _cpp
+    extra = {'cpp_kernels': _cpp.use_cpp_kernels(impl != 'staged_default_pytorch')}
     if impl in STAGED_IMPLS or impl == 'dense':
         conv = STAGEDConv(1, args.hidden, num_genes=args.genes,
                           num_cell_types=NUM_CELL_TYPES, heads=args.heads,
