@@ -109,11 +109,17 @@ def test_rerun_refuses_to_overwrite_a_run(tissue, finished, capsys):
     assert _history_length(other) == 1 and _status(other) == 'complete'
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(argv, run: Path, after_epochs: int, sig) -> subprocess.CompletedProcess:
     """Starts ``fit``, sends :obj:`sig` once history.json has the epochs."""
+    # SIGINT as in a terminal, even when the tests run as a background job (which
+    # inherits SIG_IGN, and Python then keeps ignoring Ctrl-C)
     proc = subprocess.Popen([sys.executable, '-m', 'torch_staged.cli', *map(str, argv)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=ENV)
+                            env=ENV, preexec_fn=_default_sigint)
     deadline = time.time() + 240
     while _history_length(run) < after_epochs and proc.poll() is None:
         assert time.time() < deadline, 'the fit did not start'

@@ -179,6 +179,8 @@ def test_an_interrupt_during_a_checkpoint_write_waits_for_the_complete_file(
     path = tmp_path / 'checkpoint.pt'
     stopped = []  # whether the file was complete when the handler ran
     previous = signal.signal(signal.SIGTERM, lambda s, f: stopped.append(path.exists()))
+    # Python's own Ctrl-C handler (a background job may have inherited SIG_IGN)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     state = dict(config={}, model={'w': torch.arange(100_000.)})
     real_save = torch.save
 
@@ -194,10 +196,11 @@ def test_an_interrupt_during_a_checkpoint_write_waits_for_the_complete_file(
         else:
             save_checkpoint(path, state)
             assert stopped == [True]  # the handler ran once, after the write
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
     finally:
         torch.save = real_save
         signal.signal(signal.SIGTERM, previous)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, previous_int)
     loaded = load_checkpoint(path)  # the complete file, not a fragment
     assert torch.equal(loaded['model']['w'], state['model']['w'])
     assert [p.name for p in tmp_path.iterdir()] == ['checkpoint.pt']
