@@ -150,3 +150,22 @@ def test_the_switch_and_the_environment(monkeypatch, fallback):
     monkeypatch.setenv('TORCH_STAGED_CPP', '0')
     assert not _cpp.cpp_kernels_available()
     assert not _cpp.build(verbose=False)  # says so, builds nothing
+
+
+def test_a_failed_build_warns_once_and_falls_back(monkeypatch):
+    def no_compiler(verbose=False):
+        raise RuntimeError('Ninja is required to load C++ extensions')
+
+    monkeypatch.setattr(_cpp, '_build', no_compiler)
+    monkeypatch.setattr(_cpp, 'ops', lambda: pytest.fail('the kernels were called'))
+    monkeypatch.setitem(_cpp._state, 'loaded', None)
+    monkeypatch.setitem(_cpp._state, 'enabled', True)
+    monkeypatch.setattr(torch.ops, _cpp.NAME, None, raising=False)  # as in a new process
+    with pytest.warns(UserWarning, match='could not be built.*pure-PyTorch'):
+        assert not _cpp.cpp_kernels_available()
+    assert not _cpp.cpp_kernels_available()  # decided once: no second attempt
+    data = random_tissue(num_cells=10, num_genes=4, seed=4)
+    conv = STAGEDConv(1, 3, num_genes=4, num_cell_types=3, backend='sparse')
+    out = conv(data[GENE].x, data)  # the fallback computes it
+    out.sum().backward()
+    assert out.shape == (40, conv.out_dim) and torch.isfinite(out).all()
