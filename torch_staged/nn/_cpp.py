@@ -12,7 +12,8 @@ PyTorch's extension cache (``TORCH_EXTENSIONS_DIR``, by default
 to a minute, and loaded from there afterwards; ``make setup`` builds it ahead
 (:func:`build`). Without a C++ compiler (or ninja) the package warns once and uses the PyTorch
 code. Set ``TORCH_STAGED_CPP=0`` in the environment, or call
-``use_cpp_kernels(False)``, to use the PyTorch code only.
+:func:`torch_staged.nn.use_cpp_kernels` with :obj:`False`, to use the PyTorch code
+only.
 """
 import logging
 import os
