@@ -3,14 +3,16 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+TRITON_SPEC ?= triton==3.8.0
 EXTRAS ?= test,dev
 BIN := $(VENV)/bin
 
 .PHONY: setup test demo lint bench clean
 
-# The last install is commot's data files (CellChatDB, CellPhoneDB) for the prior
-# loader's tests on the real tables; commot's code and dependencies are never used,
-# and the tests skip when it cannot be installed. Then the C++ CPU kernels are
+# Optional installs (the tests skip what they lack): commot's data files
+# (CellChatDB, CellPhoneDB) for the prior loader's tests on the real tables
+# (commot's code and dependencies are never used), and Triton, whose CPU
+# interpreter checks the GPU path's Triton kernels. Then the C++ CPU kernels are
 # compiled into torch's extension cache (about 20 s; without a compiler the
 # package says so and uses its pure-PyTorch code).
 $(VENV)/.installed: pyproject.toml Makefile
@@ -19,6 +21,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	-$(BIN)/pip install --quiet --no-deps "commot==0.0.3"
+	-$(BIN)/pip install --quiet "$(TRITON_SPEC)"
 	$(BIN)/python -c "from torch_staged.nn._cpp import build; build()"
 	touch $@
 

@@ -169,3 +169,47 @@ def test_a_failed_build_warns_once_and_falls_back(monkeypatch):
     out = conv(data[GENE].x, data)  # the fallback computes it
     out.sum().backward()
     assert out.shape == (40, conv.out_dim) and torch.isfinite(out).all()
+
+
+TRITON_CHECK = r'''
+import os
+os.environ['TRITON_INTERPRET'] = '1'
+import torch
+from torch_staged.nn import _cpp
+from torch_staged.nn._sparse import _backward, _forward, csr_plan
+from torch_staged.nn._triton import csr_backward, csr_forward
+_cpp.use_cpp_kernels(False)
+g = torch.Generator().manual_seed(0)
+worst = 0.0
+for H, D in [(1, 1), (1, 9), (3, 4), (2, 40)]:
+    E, N, S = 70, 12, 20
+    src = torch.randint(N, (E, ), generator=g)
+    seg = torch.randint(S, (E, ), generator=g)
+    seg[seg == 0] = 1  # an empty row
+    p = csr_plan(src, seg, S, N)
+    alpha = torch.randn(E, H, dtype=torch.float64, generator=g)
+    x = torch.randn(N, D, dtype=torch.float64, generator=g)
+    grad = torch.randn(S, H, D, dtype=torch.float64, generator=g)
+    got = [csr_forward(alpha, x, p.ptr, p.col, p.perm, S),
+           *csr_backward(grad, alpha, x, *p[:6], True, True)]
+    want = [_forward(alpha, x, p.ptr, p.col, p.perm, S),
+            *_backward(grad, alpha, x, *p[:6], S, True, True)]
+    worst = max([worst] + [(a - b).abs().max().item() for a, b in zip(got, want)])
+print('WORST', worst)
+'''
+
+
+def test_triton_kernels_in_the_interpreter(tmp_path):
+    # the GPU path's arithmetic, on CPU tensors in Triton's interpreter
+    import importlib.util
+    import subprocess
+    import sys
+    if importlib.util.find_spec('triton') is None:
+        pytest.skip('triton is not installed')
+    script = tmp_path / 'check.py'
+    script.write_text(TRITON_CHECK)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    worst = float(proc.stdout.split('WORST')[-1])
+    assert worst < 1e-12

@@ -1,6 +1,8 @@
 r"""The attention-weighted aggregation over a CSR layout, one custom operator:
 a compiled C++ loop over the rows on CPU (:mod:`torch_staged.nn._cpp`), else
-sparse x dense products (:mod:`torch.sparse`: MKL on CPU, cuSPARSE on GPU).
+sparse x dense products (:mod:`torch.sparse`: MKL on CPU, cuSPARSE on GPU), or
+on GPU the Triton kernels of :mod:`torch_staged.nn._triton` with
+``TORCH_STAGED_TRITON=1``.
 
 .. math::
     \mathbf{out}_{s,h} = \sum_{e:\, seg_e = s} \alpha_{e,h}\, \mathbf{x}_{src_e}
@@ -18,6 +20,7 @@ are the operators ``torch_staged::csr_aggregate`` and
 one opaque op (no graph break) and autograd sees one node; older torch uses the
 same kernels through a :class:`torch.autograd.Function`.
 """
+import os
 import warnings
 from typing import List, NamedTuple, Optional, Tuple
 
@@ -68,8 +71,26 @@ def _csr(ptr: Tensor, col: Tensor, values: Tensor, size: Tuple[int, int]) -> Ten
         return torch.sparse_csr_tensor(ptr, col, values.contiguous(), size=size)
 
 
+def _triton_kernels(x: Tensor):
+    """The Triton kernels (:mod:`torch_staged.nn._triton`) for a CUDA tensor when
+    asked for with ``TORCH_STAGED_TRITON=1`` and Triton is installed, else
+    :obj:`None` (cuSPARSE). Opt-in: they are checked in Triton's interpreter, not
+    yet timed on a GPU.
+    """
+    if not x.is_cuda or os.environ.get('TORCH_STAGED_TRITON', '0') != '1':
+        return None
+    try:
+        from torch_staged.nn import _triton
+    except ImportError:
+        return None
+    return _triton
+
+
 def _forward(alpha: Tensor, x: Tensor, ptr: Tensor, col: Tensor, perm: Tensor,
              num_segments: int) -> Tensor:
+    kernels = _triton_kernels(x)
+    if kernels is not None:
+        return kernels.csr_forward(alpha, x, ptr, col, perm, num_segments)
     if use_kernel(x):  # one C++ loop over the rows
         return _cpp.ops().csr_aggregate(alpha.contiguous(), x.contiguous(), ptr, col, perm,
                                         num_segments)
@@ -84,6 +105,10 @@ def _backward(grad: Tensor, alpha: Tensor, x: Tensor, ptr: Tensor, col: Tensor,
               num_segments: int, need_alpha: bool, need_x: bool
               ) -> Tuple[Tensor, Tensor]:
     """``(grad_alpha, grad_x)``; an empty tensor for a gradient not needed."""
+    kernels = _triton_kernels(x)
+    if kernels is not None:
+        return kernels.csr_backward(grad, alpha, x, ptr, col, perm, ptr_t, col_t, perm_t,
+                                    need_alpha, need_x)
     if use_kernel(x):  # C++ loops over the rows and over the sources (transposed)
         grad_alpha, grad_x = _cpp.ops().csr_aggregate_backward(
             grad.contiguous(), alpha.contiguous(), x.contiguous(), ptr, col, perm, ptr_t,
