@@ -14,6 +14,9 @@ Implementations, on the standard benchmark tissue of DESIGN.md section 6:
 * ``staged_default_pytorch`` -- ``staged_default`` without the compiled CPU
   kernels (``use_cpp_kernels(False)``: MKL sparse products and a loop over the
   cell types, the fallback of a machine without a C++ compiler);
+* ``staged_default_triton`` -- ``staged_default`` with the Triton kernels of the
+  aggregation (``TORCH_STAGED_TRITON=1``; CUDA only, else the same as
+  ``staged_default``);
 * ``heteroconv_gat`` -- a ``HeteroConv`` of two ``GATConv`` layers: the
   like-for-like baseline of the GAT-style score;
 * ``heteroconv`` -- what a PyG user would write: a ``HeteroConv`` of two
@@ -58,10 +61,10 @@ from _common import (  # noqa: E402
 )
 
 IMPLS = ('staged', 'staged_gatv2', 'staged_sparse', 'staged_default',
-         'staged_default_pytorch', 'heteroconv_gat',
+         'staged_default_pytorch', 'staged_default_triton', 'heteroconv_gat',
          'heteroconv', 'dense')
 STAGED_IMPLS = ('staged', 'staged_gatv2', 'staged_sparse', 'staged_default',
-                'staged_default_pytorch')
+                'staged_default_pytorch', 'staged_default_triton')
 #: STAGEDConv options of each STAGED implementation
 STAGED_OPTIONS = {
     'staged': {}, 'staged_gatv2': dict(attention='gatv2'),
@@ -71,6 +74,9 @@ STAGED_OPTIONS = {
     'staged_default_pytorch': dict(normalize='gate', score_state=False, pair_dim='full',
                                    value_channels=8, value_embedding=False,
                                    backend='sparse'),
+    'staged_default_triton': dict(normalize='gate', score_state=False, pair_dim='full',
+                                  value_channels=8, value_embedding=False,
+                                  backend='sparse'),
     'dense': {},
 }
 NUM_CELL_TYPES = 3
@@ -175,6 +181,9 @@ def build_config(args, impl, data, x, device):
 
     from torch_staged.nn import _cpp
     extra = {'cpp_kernels': _cpp.use_cpp_kernels(impl != 'staged_default_pytorch')}
+    if impl == 'staged_default_triton':  # this configuration's own process
+        os.environ['TORCH_STAGED_TRITON'] = '1'
+        extra['triton'] = True
     if impl in STAGED_IMPLS or impl == 'dense':
         conv = STAGEDConv(1, args.hidden, num_genes=args.genes,
                           num_cell_types=NUM_CELL_TYPES, heads=args.heads,
