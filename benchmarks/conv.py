@@ -176,10 +176,8 @@ class HeteroConvBaseline(torch.nn.Module):
 
 def build_config(args, impl, data, x, device):
     """Returns ``(forward callable, parameters, extra record fields)``."""
-    from torch_staged.nn import STAGEDConv
+    from torch_staged.nn import STAGEDConv, _cpp
     from torch_staged.typing import GENE, REGULATES, RELATIONS, SIGNALS
-
-    from torch_staged.nn import _cpp
     extra = {'cpp_kernels': _cpp.use_cpp_kernels(impl != 'staged_default_pytorch')}
     if impl == 'staged_default_triton':  # this configuration's own process
         os.environ['TORCH_STAGED_TRITON'] = '1'
