@@ -52,6 +52,15 @@ def _build(verbose: bool = False) -> None:
          extra_ldflags=['-fopenmp'], is_python_module=False, verbose=verbose)
 
 
+def _constant_for_compile(fn):
+    """Lets :func:`torch.compile` call :obj:`fn` while tracing and use its result
+    as a constant (the kernels' availability does not change during a trace).
+    """
+    mark = getattr(getattr(torch, 'compiler', None), 'assume_constant_result', None)
+    return fn if mark is None else mark(fn)
+
+
+@_constant_for_compile
 def cpp_kernels_available() -> bool:
     """Whether the compiled CPU kernels are on and loaded (compiles them on the
     first call if needed; warns once and returns :obj:`False` if that fails).
