@@ -79,7 +79,7 @@ def _load() -> bool:
     if hasattr(torch.ops, NAME) and hasattr(getattr(torch.ops, NAME), 'csr_aggregate'):
         return True  # loaded by another module of the process
     try:
-        log.info('torch_staged: loading (compiling on first use, about a minute) its '
+        log.info('torch_staged: loading (compiling on first use, 20 s to a minute) its '
                  'CPU kernels')
         _build()
         return True
