@@ -16,6 +16,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 namespace {
@@ -23,8 +24,9 @@ namespace {
 constexpr int64_t kGrain = 256;  // rows per task
 
 template <typename scalar_t>
-void aggregate_rows(const scalar_t* alpha, const scalar_t* x, const int64_t* ptr,
-                    const int64_t* col, const int64_t* perm, scalar_t* out,
+void aggregate_rows(const scalar_t* __restrict__ alpha, const scalar_t* __restrict__ x,
+                    const int64_t* __restrict__ ptr, const int64_t* __restrict__ col,
+                    const int64_t* __restrict__ perm, scalar_t* __restrict__ out,
                     int64_t num_rows, int64_t H, int64_t D) {
   at::parallel_for(0, num_rows, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t s = begin; s < end; ++s) {
@@ -44,8 +46,9 @@ void aggregate_rows(const scalar_t* alpha, const scalar_t* x, const int64_t* ptr
 }
 
 template <typename scalar_t>
-void alpha_grad_rows(const scalar_t* grad, const scalar_t* x, const int64_t* ptr,
-                     const int64_t* col, const int64_t* perm, scalar_t* grad_alpha,
+void alpha_grad_rows(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ x,
+                     const int64_t* __restrict__ ptr, const int64_t* __restrict__ col,
+                     const int64_t* __restrict__ perm, scalar_t* __restrict__ grad_alpha,
                      int64_t num_rows, int64_t H, int64_t D) {
   at::parallel_for(0, num_rows, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t s = begin; s < end; ++s) {
@@ -64,8 +67,9 @@ void alpha_grad_rows(const scalar_t* grad, const scalar_t* x, const int64_t* ptr
 }
 
 template <typename scalar_t>
-void x_grad_rows(const scalar_t* grad, const scalar_t* alpha, const int64_t* ptr_t,
-                 const int64_t* col_t, const int64_t* perm_t, scalar_t* grad_x,
+void x_grad_rows(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ alpha,
+                 const int64_t* __restrict__ ptr_t, const int64_t* __restrict__ col_t,
+                 const int64_t* __restrict__ perm_t, scalar_t* __restrict__ grad_x,
                  int64_t num_nodes, int64_t H, int64_t D) {
   at::parallel_for(0, num_nodes, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t u = begin; u < end; ++u) {
