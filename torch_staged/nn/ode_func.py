@@ -240,17 +240,18 @@ class STAGEDODEFunc(torch.nn.Module):
         batched = state.dim() == 3
 
         def apply(t: int, s: Tensor, m: Tensor, e: Optional[Tensor]) -> Tensor:
-            w1 = self.weight1[t]
-            const = (self.bias1[t].expand(s.size(0), -1) if e is None
-                     else torch.addmm(self.bias1[t], e, w1[F_in + M:]))
+            w1, b1 = self.weight1[t], self.bias1[t]
             w_m = w1[F_in:F_in + M]
             if folded:
                 w_m, bias = self.conv.fold_values(t, w_m)
-                const = const if bias is None else const + bias
+                b1 = b1 if bias is None else b1 + bias
             if batched:
-                pre = s @ w1[:F_in] + m @ w_m + const.unsqueeze(1)
-            else:  # accumulated in place of the first product: no temporaries
-                pre = torch.addmm(torch.addmm(const, s, w1[:F_in]), m, w_m)
+                const = b1 if e is None else torch.addmm(b1, e, w1[F_in + M:])
+                pre = s @ w1[:F_in] + m @ w_m + const.unsqueeze(-2)
+            else:  # one output, the other blocks accumulated into it in place
+                pre = (torch.addmm(b1, s, w1[:F_in]) if e is None else
+                       torch.addmm(b1, e, w1[F_in + M:]).addmm_(s, w1[:F_in]))
+                pre = pre.addmm_(m, w_m)
             hidden = torch.tanh(pre)
             return hidden @ self.weight2[t] + self.bias2[t]
         return graph.per_type((state, messages, emb), apply)
