@@ -10,6 +10,11 @@ from typing import Any, Callable, Dict, Iterator, Union
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def in_main_thread() -> bool:
+    """Whether this is the main thread (signal handlers can be set only there)."""
+    return threading.current_thread() is threading.main_thread()
+
+
 @contextlib.contextmanager
 def deferred_interrupts() -> Iterator[None]:
     """Holds SIGINT and SIGTERM back for the duration of the block and delivers
@@ -21,7 +26,7 @@ def deferred_interrupts() -> Iterator[None]:
     stop cleanly right after. Outside the main thread (where handlers cannot be
     set) the block runs unchanged.
     """
-    if threading.current_thread() is not threading.main_thread():
+    if not in_main_thread():
         yield
         return
     received = []
@@ -33,8 +38,8 @@ def deferred_interrupts() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        for signum in received[:1]:
-            _deliver(previous[signum], signum)
+        if received:  # the first one; a repeat of it would say nothing more
+            _deliver(previous[received[0]], received[0])
 
 
 def _deliver(handler: Union[Callable, int, None], signum: int) -> None:

@@ -24,7 +24,7 @@ import sys
 import time
 from typing import List, Optional
 
-from torch_staged._atomic import write_json_atomic
+from torch_staged._atomic import in_main_thread, write_json_atomic
 
 #: Format tag of ``run.json``.
 RUN_FORMAT = 'torch_staged.run/1'
@@ -586,7 +586,7 @@ def _train(args, model, units, device, info, run: dict, main: bool):
     resume = ckpt if args.resume and os.path.isfile(ckpt) else None
     holdout = 'time' if args.holdout > 0 else None
     on_term = None
-    if _in_main_thread():
+    if in_main_thread():
         on_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     tic = time.perf_counter()
     try:
@@ -624,12 +624,6 @@ def _train(args, model, units, device, info, run: dict, main: bool):
             from torch_staged.train import cleanup
             cleanup()
     return result, time.perf_counter() - tic
-
-
-def _in_main_thread() -> bool:
-    """Whether this is the main thread (signal handlers can be set only there)."""
-    import threading
-    return threading.current_thread() is threading.main_thread()
 
 
 def _diverged_what(err) -> str:

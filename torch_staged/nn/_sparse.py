@@ -110,10 +110,9 @@ def _backward(grad: Tensor, alpha: Tensor, x: Tensor, ptr: Tensor, col: Tensor,
         return kernels.csr_backward(grad, alpha, x, ptr, col, perm, ptr_t, col_t, perm_t,
                                     need_alpha, need_x)
     if use_kernel(x):  # C++ loops over the rows and over the sources (transposed)
-        grad_alpha, grad_x = _cpp.ops().csr_aggregate_backward(
+        return tuple(_cpp.ops().csr_aggregate_backward(
             grad.contiguous(), alpha.contiguous(), x.contiguous(), ptr, col, perm, ptr_t,
-            col_t, perm_t, need_alpha, need_x)
-        return grad_alpha, grad_x
+            col_t, perm_t, need_alpha, need_x))
     grad_alpha, grad_x = alpha.new_empty(0), x.new_empty(0)
     if need_alpha:  # SDDMM on the CSR pattern
         pattern = _csr(ptr, col, alpha.new_ones(col.numel()), (num_segments, x.size(0)))

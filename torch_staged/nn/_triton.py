@@ -32,23 +32,31 @@ BLOCK_E = 32  # edges per step of a program's loop
 
 
 @triton.jit
+def _source_rows(x, col, perm, j0, end, d, d_ok, D, BLOCK_E: tl.constexpr):
+    """One step of a slot's loop: the entries ``j0 .. j0 + BLOCK_E`` (below
+    :obj:`end`), their edges and their source rows ``[BLOCK_E, BLOCK_D]``.
+    """
+    j = j0 + tl.arange(0, BLOCK_E)
+    j_ok = j < end
+    c = tl.load(col + j, mask=j_ok, other=0)
+    p = tl.load(perm + j, mask=j_ok, other=0)
+    xs = tl.load(x + c[:, None] * D + d[None, :], mask=j_ok[:, None] & d_ok[None, :],
+                 other=0.0)
+    return j_ok, p, xs
+
+
+@triton.jit
 def _forward_kernel(alpha, x, ptr, col, perm, out, H, D, BLOCK_E: tl.constexpr,
                     BLOCK_D: tl.constexpr):
     s = tl.program_id(0)
     h = tl.program_id(1)
     d = tl.arange(0, BLOCK_D)
     d_ok = d < D
-    start = tl.load(ptr + s)
     end = tl.load(ptr + s + 1)
     acc = tl.zeros([BLOCK_D], dtype=out.dtype.element_ty)
-    for j0 in range(start, end, BLOCK_E):
-        j = j0 + tl.arange(0, BLOCK_E)
-        j_ok = j < end
-        c = tl.load(col + j, mask=j_ok, other=0)
-        p = tl.load(perm + j, mask=j_ok, other=0)
+    for j0 in range(tl.load(ptr + s), end, BLOCK_E):
+        j_ok, p, xs = _source_rows(x, col, perm, j0, end, d, d_ok, D, BLOCK_E)
         a = tl.load(alpha + p * H + h, mask=j_ok, other=0.0)
-        xs = tl.load(x + c[:, None] * D + d[None, :], mask=j_ok[:, None] & d_ok[None, :],
-                     other=0.0)
         acc += tl.sum(a[:, None] * xs, axis=0)
     tl.store(out + (s * H + h) * D + d, acc, mask=d_ok)
 
@@ -61,15 +69,9 @@ def _alpha_grad_kernel(grad, x, ptr, col, perm, grad_alpha, H, D, BLOCK_E: tl.co
     d = tl.arange(0, BLOCK_D)
     d_ok = d < D
     g = tl.load(grad + (s * H + h) * D + d, mask=d_ok, other=0.0)
-    start = tl.load(ptr + s)
     end = tl.load(ptr + s + 1)
-    for j0 in range(start, end, BLOCK_E):
-        j = j0 + tl.arange(0, BLOCK_E)
-        j_ok = j < end
-        c = tl.load(col + j, mask=j_ok, other=0)
-        p = tl.load(perm + j, mask=j_ok, other=0)
-        xs = tl.load(x + c[:, None] * D + d[None, :], mask=j_ok[:, None] & d_ok[None, :],
-                     other=0.0)
+    for j0 in range(tl.load(ptr + s), end, BLOCK_E):
+        j_ok, p, xs = _source_rows(x, col, perm, j0, end, d, d_ok, D, BLOCK_E)
         tl.store(grad_alpha + p * H + h, tl.sum(xs * g[None, :], axis=1), mask=j_ok)
 
 
