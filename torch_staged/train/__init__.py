@@ -1,4 +1,5 @@
 r"""Training: :func:`fit`, checkpoints, data-parallel training on ``torch.distributed``."""
+from torch_staged._allocator import tune_allocator
 from torch_staged.train._checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -19,4 +20,4 @@ from torch_staged.train._fit import DivergenceError, FitResult, fit
 __all__ = ['fit', 'FitResult', 'DivergenceError', 'CheckpointError', 'save_checkpoint',
            'load_checkpoint', 'load_model',
            'init_from_env', 'cleanup', 'is_main', 'get_rank', 'get_world_size',
-           'shard', 'DistInfo']
+           'shard', 'DistInfo', 'tune_allocator']

@@ -583,6 +583,10 @@ def fit(
             the checkpoints and the history file; all ranks can resume from the
             same checkpoint. (default: :obj:`False`)
 
+    For long CPU fits in a Python session, call
+    :func:`~torch_staged.train.tune_allocator` once first (the command line
+    does), so that the temporaries of every evaluation reuse freed memory.
+
     Returns:
         :class:`FitResult` (history with ``train_loss``, ``val_loss``, ``lr``,
         ``nfe``, ``seconds`` per epoch).
