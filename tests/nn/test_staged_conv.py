@@ -156,6 +156,34 @@ def test_batch_of_states_equals_one_by_one_float64(extra):
             assert torch.allclose(g, r, atol=1e-10, rtol=0)
 
 
+def test_batch_aggregates_before_values_equal_one_by_one_float64():
+    # apply_values=False (what the ODE's folded MLP reads): [N*G, B, R*H*D]
+    # rows moved by a cached gather, equal to the passes one by one in outputs
+    # and gradients, also after the batch size changes (a new cached order)
+    torch.manual_seed(1)
+    data = random_tissue(12, 5, num_cell_types=2, num_pairs=2, seed=3)
+    conv = STAGEDConv(1, 4, num_genes=5, num_cell_types=2, heads=2, normalize='gate',
+                      score_state=False, value_channels=3, value_embedding=False).double()
+    _randomise(conv)
+    for B in (3, 2, 3):
+        x = torch.randn(data['gene'].num_nodes, B, 1, dtype=torch.float64,
+                        requires_grad=True)
+        out = conv(x, data, apply_values=False)
+        singles = torch.stack([conv(x[:, b], data, apply_values=False)
+                               for b in range(B)], dim=1)
+        assert out.shape == singles.shape and out.size(1) == B
+        assert torch.allclose(out, singles, atol=1e-12, rtol=0)
+        weight = torch.randn_like(out)
+        params = [x] + [p for p in conv.parameters() if p.requires_grad]
+        grads = torch.autograd.grad((out * weight).sum(), params, allow_unused=True)
+        ref = torch.autograd.grad((singles * weight).sum(), params, allow_unused=True)
+        for g, r in zip(grads, ref):
+            assert (g is None) == (r is None)
+            if g is not None:
+                assert torch.allclose(g, r, atol=1e-10, rtol=0)
+    assert conv._batch_major_cache[1] == 3
+
+
 def test_batch_of_states_needs_static_scores():
     data = random_tissue(6, 3, seed=1)
     conv = STAGEDConv(1, 2, num_genes=3, num_cell_types=3)
