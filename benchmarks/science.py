@@ -11,6 +11,7 @@ means +- sd over the seeds.
 
     python benchmarks/science.py --json results/science.json        # full
     python benchmarks/science.py --quick --json /tmp/science.json   # smoke test
+    python benchmarks/science.py --models staged --fit-kwargs '{"holdout": null}'
 """
 import argparse
 import json
@@ -55,6 +56,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--epochs', type=int, default=None,
                         help='override fit() epochs for the STAGED models '
                              '(default: the package default)')
+    parser.add_argument('--fit-kwargs', type=json.loads, default={}, metavar='JSON',
+                        help='extra fit() keyword arguments of the STAGED models, e.g. '
+                             '\'{"holdout": null}\' (a measured alternative, not the defaults)')
+    parser.add_argument('--model-kwargs', type=json.loads, default={}, metavar='JSON',
+                        help='extra STAGED keyword arguments, e.g. \'{"mlp_channels": 16}\'')
     parser.add_argument('--threads', type=int, default=1, help='torch threads per job')
     parser.add_argument('--jobs', type=int, default=os.cpu_count() or 1,
                         help='(dataset, seed) jobs run in parallel processes, one '
@@ -105,7 +111,8 @@ def summarise(records: List[Dict], markdown: bool = False) -> str:
 
 
 def run_job(dataset: str, seed: int, models: Sequence[str], quick: bool,
-            fit_kwargs: Dict, threads: int) -> List[Dict]:
+            fit_kwargs: Dict, threads: int, model_kwargs: Optional[Dict] = None
+            ) -> List[Dict]:
     """Every model on one (dataset, seed)."""
     torch.set_num_threads(threads)
     task = make_task(dataset, seed, quick=quick)
@@ -113,7 +120,7 @@ def run_job(dataset: str, seed: int, models: Sequence[str], quick: bool,
     for model in models:
         tic = time.perf_counter()
         if model in STAGED_MODELS:
-            record = run_staged(task, model, seed, **fit_kwargs)
+            record = run_staged(task, model, seed, model_kwargs, **fit_kwargs)
         else:
             record = run_baseline(task, model, seed, quick=quick)
         records.append(record)
@@ -133,8 +140,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
         return records
     seeds = args.seeds[:1] if args.quick else args.seeds
     epochs = 2 if args.quick and args.epochs is None else args.epochs
-    fit_kwargs = {} if epochs is None else {'epochs': epochs}
-    jobs = [(dataset, seed, args.models, args.quick, fit_kwargs, args.threads)
+    fit_kwargs = dict(args.fit_kwargs, **({} if epochs is None else {'epochs': epochs}))
+    jobs = [(dataset, seed, args.models, args.quick, fit_kwargs, args.threads,
+             args.model_kwargs)
             for dataset in args.datasets for seed in seeds]
     jobs.sort(key=lambda job: -LARGEST.get(job[0], 0))  # the longest jobs first
     tic = time.perf_counter()

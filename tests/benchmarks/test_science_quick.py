@@ -40,3 +40,18 @@ def test_science_quick(tmp_path, capsys):
     assert by[('lateral_inhibition', 'no_signalling')]['inter_auroc'] is None
     table = capsys.readouterr().out
     assert 'krumsiek11_half_false' in table and 'GRN AUROC' in table
+
+
+def test_science_passes_extra_fit_and_model_kwargs_to_staged():
+    # the flags reach fit() and STAGED(): an invalid value of each is refused
+    # by them, with their own messages
+    science = _load('science')
+    base = ['--quick', '--jobs', '1', '--datasets', 'krumsiek11', '--models', 'staged']
+    with pytest.raises(ValueError, match="'holdout'"):
+        science.main(base + ['--fit-kwargs', '{"holdout": "bogus"}'])
+    with pytest.raises(ValueError, match="'mlp_channels'"):
+        science.main(base + ['--model-kwargs', '{"mlp_channels": 0}'])
+    records = science.main(base + ['--fit-kwargs', '{"holdout": null}',
+                                   '--model-kwargs', '{"mlp_channels": 4}'])
+    assert [r['model'] for r in records] == ['staged']
+    assert records[0]['intra_auroc'] is not None
