@@ -116,7 +116,7 @@ def _forecast_record(task: Task, heldout: Optional[Tensor], rollout: Optional[Te
 def fit_staged(task: Task, model_name: str, seed: int,
                model_kwargs: Optional[Dict] = None, **fit_kwargs):
     """Fits one STAGED variant with the package's defaults on the training
-    times only (its own validation split is taken from them), so that the
+    times only (with ``fit``'s default, every training interval trains), so that the
     held-out times score a model that never saw them. Returns the model, the
     wall and the CPU seconds of the fit.
     """

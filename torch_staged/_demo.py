@@ -55,7 +55,7 @@ def _fit_and_score(name: str, data, X, t, last: int, truth: dict, epochs: Option
     start, cpu = time.perf_counter(), time.process_time()
     options = {k: v for k, v in (('epochs', epochs), ('lr', lr)) if v is not None}
     # the training times only: the held-out times score a model that never saw
-    # them (its own validation split is the last training time)
+    # them (with fit's default every training interval trains: no validation split)
     result = fit(model, data, X[:last + 1], t[:last + 1], cell_order='graph',
                  patience=None, progress=progress, desc=name, seed=seed,
                  checkpoint=os.path.join(out, f'{name}.pt'), **options)

@@ -24,7 +24,8 @@ def test_staged_beats_cell_autonomous_baseline():
         torch.manual_seed(0)
         model = make_model(name, data.num_genes, data.num_cell_types, hidden_channels=8,
                            mlp_channels=16)
-        fit(model, data, epochs=300, lr=0.02, holdout_size=holdout, progress=False)
+        fit(model, data, epochs=300, lr=0.02, holdout='time', holdout_size=holdout,
+            progress=False)
         with torch.no_grad():
             pred = model(data, t, X[0])
         errors[name] = float(((pred[-holdout:] - X[-holdout:]) ** 2).mean())

@@ -27,7 +27,8 @@ def test_learns_a_linear_coupled_system(kwargs):
     data, X, t = linear_coupled_tissue()
     model = STAGED(3, 2, hidden_channels=8, mlp_channels=16)
     # unweighted losses, so that the held-out loss is the MSE computed below
-    result = fit(model, data, X, t, lr=0.02, holdout_size=3, cell_order='graph',
+    result = fit(model, data, X, t, lr=0.02, holdout='time', holdout_size=3,
+                 cell_order='graph',
                  progress=False, gene_weights=None, **kwargs)
     assert len(result.history) == kwargs['epochs']
     with torch.no_grad():
@@ -88,7 +89,7 @@ def test_stacked_first_loss_is_the_mean_over_intervals(loss):
             else:
                 pred, target = model(data, td[k:k + 2], Xd[k])[-1], Xd[k + 1]
             per.append(float(((pred - target) ** 2).mean()))
-    result = fit(model, data, Xd, td, loss=loss, epochs=1, lr=1e-12,
+    result = fit(model, data, Xd, td, loss=loss, epochs=1, lr=1e-12, holdout='time',
                  cell_order='graph', progress=False, gene_weights=None)
     assert result.history[0]['train_loss'] == pytest.approx(np.mean(per), rel=1e-6)
 
@@ -112,7 +113,8 @@ def test_gene_weights_scale_each_gene_by_its_rate_sd():
     expected_given = float((((pred - slope) * given) ** 2).mean())
     for weights, value in (('rate', expected), (given, expected_given)):
         result = fit(_student().double(), data, Xd, td, epochs=1, lr=1e-12,
-                     cell_order='graph', progress=False, gene_weights=weights)
+                     holdout='time', cell_order='graph', progress=False,
+                     gene_weights=weights)
         assert result.history[0]['train_loss'] == pytest.approx(value, rel=1e-6)
     with pytest.raises(ValueError, match="'gene_weights' must be one of"):
         fit(_student(), data, X, t, epochs=1, cell_order='graph', progress=False,
@@ -251,7 +253,8 @@ def test_holdout_cells_and_input_order():
 @pytest.mark.parametrize('kwargs,match', [
     (dict(loss='mae'), "'loss' must be one of"),
     (dict(holdout='genes'), "'holdout' must be one of"),
-    (dict(holdout_size=10), 'holdout_size'),
+    (dict(holdout='time', holdout_size=10), 'holdout_size'),
+    (dict(holdout_size=3), "has no effect without a held-out split"),
     (dict(holdout='cells', holdout_size=1.5), 'fraction'),
     (dict(epochs=0), "'epochs' must be a positive integer"),
     (dict(lr=-1.0), "'lr' must be positive"),
@@ -353,7 +356,8 @@ def test_held_out_blow_up_is_caught():
         return value * 1e12 if blow_up else value
     with pytest.raises(DivergenceError, match=r"^Epoch 1: the fit diverged: held-out"):
         fit(_student(), data, X, t, epochs=3, cell_order='graph', progress=False,
-            loss_fn=loss_fn, callback=lambda record: on.append(1), val_every=1)
+            holdout='time', loss_fn=loss_fn, callback=lambda record: on.append(1),
+            val_every=1)
 
 
 def test_learning_rate_blow_up_is_caught():
@@ -418,7 +422,8 @@ def test_load_model_returns_what_fit_left(tmp_path, restore_best):
 def test_one_time_point_message_is_not_circular():
     data, X, t = _small_problem()
     with pytest.raises(ValueError, match='needs at least 3 time points.*holdout=None'):
-        fit(_student(), data, X[:2], t[:2], cell_order='graph', progress=False)
+        fit(_student(), data, X[:2], t[:2], holdout='time', cell_order='graph',
+            progress=False)
     with pytest.raises(ValueError, match='at least two time points'):
         fit(_student(), data, X[:1], t[:1], holdout=None, cell_order='graph',
             progress=False)
@@ -426,11 +431,34 @@ def test_one_time_point_message_is_not_circular():
 
 def test_val_every_scores_every_kth_epoch_and_the_last():
     data, X, t = _small_problem()
-    result = fit(_student(), data, X, t, epochs=7, val_every=3, cell_order='graph',
-                 progress=False)
+    result = fit(_student(), data, X, t, epochs=7, val_every=3, holdout='time',
+                 cell_order='graph', progress=False)
     scored = [h['epoch'] for h in result.history if not np.isnan(h['val_loss'])]
     assert scored == [2, 5, 6]
     assert result.best_epoch in scored
     with pytest.raises(ValueError, match="'val_every' must be a positive integer"):
         fit(_student(), data, X, t, epochs=1, val_every=0, cell_order='graph',
             progress=False)
+
+
+def test_the_default_trains_on_every_interval():
+    # holdout=None by default: the first gradient-matching loss is the mean over
+    # all 4 intervals of 5 times, and no epoch is scored on a held-out split
+    data, X, t = _small_problem()
+    model = _student().double()
+    Xd, td = X.double(), t.double()
+    with torch.no_grad():
+        per = []
+        for k in range(4):
+            mid = model.initial_state(data, 0.5 * (Xd[k] + Xd[k + 1]))
+            pred = model.func.set_graph(data)(td[0], mid)[:, 0].view(16, 3)
+            target = (Xd[k + 1] - Xd[k]) / (td[k + 1] - td[k])
+            per.append(float(((pred - target) ** 2).mean()))
+    result = fit(model, data, Xd, td, epochs=3, lr=1e-12, cell_order='graph',
+                 progress=False, gene_weights=None)
+    assert result.history[0]['train_loss'] == pytest.approx(np.mean(per), rel=1e-6)
+    assert all(np.isnan(h['val_loss']) for h in result.history)
+    # the monitored loss is the training loss: restore_best keeps its best epoch
+    losses = [h['train_loss'] for h in result.history]
+    assert result.best_epoch == int(np.argmin(losses))
+    assert result.best_val_loss == pytest.approx(min(losses))

@@ -33,16 +33,23 @@ def _np(value) -> np.ndarray:
 
 def loss_curves(histories: Dict[str, List[dict]], path=None):
     """Training and validation loss per epoch for one or several fits
-    (``{name: FitResult.history}``); log scale.
+    (``{name: FitResult.history}``); log scale. The validation panel is left
+    out when no fit scored a held-out split (``fit(holdout=None)``, the
+    default).
     """
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharex=True)
+    scored = {name: [h for h in history if not np.isnan(h.get('val_loss', np.nan))]
+              for name, history in histories.items()}  # every val_every epochs
+    held_out = any(scored.values())
+    fig, axes = plt.subplots(1, 2 if held_out else 1, figsize=(9 if held_out else 4.5, 3.5),
+                             sharex=True, squeeze=False)
+    axes = axes[0]
     for name, history in histories.items():
-        epochs = [h['epoch'] for h in history]
-        axes[0].plot(epochs, [h['train_loss'] for h in history], label=name)
-        scored = [h for h in history if not np.isnan(h['val_loss'])]  # val_every
-        axes[1].plot([h['epoch'] for h in scored], [h['val_loss'] for h in scored],
+        axes[0].plot([h['epoch'] for h in history], [h['train_loss'] for h in history],
                      label=name)
+        if held_out:
+            axes[1].plot([h['epoch'] for h in scored[name]],
+                         [h['val_loss'] for h in scored[name]], label=name)
     for ax, title in zip(axes, ['training loss', 'held-out loss']):
         ax.set_yscale('log')
         ax.set_xlabel('epoch')
