@@ -796,7 +796,7 @@ class STAGEDConv(MessagePassing):
         """
         num_nodes, R, H, B, D = out.shape
         if B == 1:
-            return out.view(num_nodes, 1, R * H * D)
+            return out.reshape(num_nodes, 1, R * H * D)
         cached = self._batch_major_cache
         if cached is None or cached[0] is not fused.edge_index or cached[1] != B:
             grid = torch.arange(num_nodes * R * H * B, device=out.device)
