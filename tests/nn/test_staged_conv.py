@@ -130,6 +130,18 @@ def test_fused_structure_is_cached():
     assert torch.equal(conv(data['gene'].x, fused), conv(data['gene'].x, data))
 
 
+def _assert_same_gradients(out, ref_out, params, atol=1e-10):
+    """The gradients of a random linear function of :obj:`out` and of
+    :obj:`ref_out` agree for every tensor of :obj:`params`."""
+    weight = torch.randn_like(out)
+    grads = torch.autograd.grad((out * weight).sum(), params, allow_unused=True)
+    ref = torch.autograd.grad((ref_out * weight).sum(), params, allow_unused=True)
+    for g, r in zip(grads, ref):
+        assert (g is None) == (r is None)
+        if g is not None:
+            assert torch.allclose(g, r, atol=atol, rtol=0)
+
+
 @pytest.mark.parametrize('extra', [dict(value_channels=3, value_embedding=False),
                                    dict(type_dim=2, pair_dim='full'), dict(gene_dim=0)])
 def test_batch_of_states_equals_one_by_one_float64(extra):
@@ -146,14 +158,7 @@ def test_batch_of_states_equals_one_by_one_float64(extra):
     singles = torch.stack([conv(x[:, b], data) for b in range(3)], dim=1)
     assert out.shape == singles.shape == (data['gene'].num_nodes, 3, conv.out_dim)
     assert torch.allclose(out, singles, atol=1e-12, rtol=0)
-    weight = torch.randn_like(out)
-    params = [x] + list(conv.parameters())
-    grads = torch.autograd.grad((out * weight).sum(), params, allow_unused=True)
-    ref = torch.autograd.grad((singles * weight).sum(), params, allow_unused=True)
-    for g, r in zip(grads, ref):
-        assert (g is None) == (r is None)
-        if g is not None:
-            assert torch.allclose(g, r, atol=1e-10, rtol=0)
+    _assert_same_gradients(out, singles, [x] + list(conv.parameters()))
 
 
 def test_batch_aggregates_before_values_equal_one_by_one_float64():
@@ -173,14 +178,8 @@ def test_batch_aggregates_before_values_equal_one_by_one_float64():
                                for b in range(B)], dim=1)
         assert out.shape == singles.shape and out.size(1) == B
         assert torch.allclose(out, singles, atol=1e-12, rtol=0)
-        weight = torch.randn_like(out)
-        params = [x] + [p for p in conv.parameters() if p.requires_grad]
-        grads = torch.autograd.grad((out * weight).sum(), params, allow_unused=True)
-        ref = torch.autograd.grad((singles * weight).sum(), params, allow_unused=True)
-        for g, r in zip(grads, ref):
-            assert (g is None) == (r is None)
-            if g is not None:
-                assert torch.allclose(g, r, atol=1e-10, rtol=0)
+        _assert_same_gradients(out, singles,
+                               [x] + [p for p in conv.parameters() if p.requires_grad])
     assert conv._batch_major_cache[1] == 3
 
 
