@@ -1,4 +1,6 @@
 """The compiled CPU kernels against their pure-PyTorch fallbacks (both run in CI)."""
+import platform
+
 import pytest
 import torch
 
@@ -97,6 +99,93 @@ def test_typed_linear_matches_a_per_row_product(kernels, num_types, blocks, din,
         assert all(torch.allclose(x, y, atol=1e-12) for x, y in zip(got, want))
     finally:
         _cpp.use_cpp_kernels(None)
+
+
+@pytest.fixture
+def portable():
+    """The kernels' portable loops for float32 too, for the duration of a test."""
+    _cpp.use_simd(False)
+    yield
+    _cpp.use_simd(None)
+
+
+def _float32_both_ways(compute):
+    """``compute()`` (tensors of float32) with the vector loops and without."""
+    results = []
+    for simd in (True, False):
+        _cpp.use_simd(simd)
+        try:
+            results.append([t.clone() for t in compute()])
+        finally:
+            _cpp.use_simd(None)
+    return results
+
+
+@needs_kernels
+@pytest.mark.parametrize('heads,dim', [(1, 9), (2, 3), (1, 21)])
+def test_csr_kernel_in_float32_both_ways(heads, dim):
+    """The AVX-512 loops (where the CPU has them) give the portable loops' bits
+    in float32, and float64's values to float32's precision; dim 21 takes a
+    full and a partial vector of 16 lanes."""
+    src, seg, plan = _layout(num_edges=200, num_nodes=40, num_rows=30)
+    g = torch.Generator().manual_seed(4)
+    alpha = torch.randn(src.numel(), heads, generator=g)
+    x = torch.randn(40, dim, generator=g)
+    grad = torch.randn(30, heads, dim, generator=g)
+    ops = _cpp.ops()
+
+    def compute():
+        out = ops.csr_aggregate(alpha, x, plan.ptr, plan.col, plan.perm, 30)
+        return [out, *ops.csr_aggregate_backward(grad, alpha, x, *plan[:6], True, True)]
+
+    fast, slow = _float32_both_ways(compute)
+    exact = [ops.csr_aggregate(alpha.double(), x.double(), plan.ptr, plan.col, plan.perm, 30),
+             *ops.csr_aggregate_backward(grad.double(), alpha.double(), x.double(),
+                                         *plan[:6], True, True)]
+    for f, s, e in zip(fast, slow, exact):
+        assert torch.equal(f, s) and torch.allclose(f.double(), e, atol=1e-5)
+    assert fast[0][0].abs().max() == 0 and fast[2][3].abs().max() == 0
+
+
+@needs_kernels
+@pytest.mark.parametrize('blocks,din,dout', [(2, 9, 16), (3, 5, 21), (1, 17, 3)])
+def test_typed_linear_in_float32_both_ways(blocks, din, dout):
+    g = torch.Generator().manual_seed(5)
+    M = 103
+    a = torch.randn(M, blocks, din, generator=g)
+    kind = torch.randint(3, (M, ), generator=g)
+    w = torch.randn(3, blocks, din, dout, generator=g)
+    bias = torch.randn(blocks, dout, generator=g)
+    grad = torch.randn(M, blocks, dout, generator=g)
+    ops = _cpp.ops()
+
+    def compute():
+        ones = torch.ones(1, 1, 1).expand(M, blocks, dout)  # read in place, stride 0
+        return [ops.typed_linear(a, kind, w, bias),
+                *ops.typed_linear_backward(grad, a, kind, w, True, True),
+                *ops.typed_linear_backward(ones, a, kind, w, True, True)]
+
+    fast, slow = _float32_both_ways(compute)
+    ref = torch.einsum('mbd,mbdc->mbc', a.double(), w.double()[kind]) + bias.double()
+    grad_a, grad_w = reference_backward(grad.double(), a.double(), kind, w.double(), True,
+                                        True)
+    exact = [ref, grad_a, grad_w]
+    for f, s in zip(fast, slow):
+        assert torch.equal(f, s)
+    for f, e in zip(fast, exact):
+        assert torch.allclose(f.double(), e, atol=1e-4, rtol=1e-5)
+
+
+@needs_kernels
+def test_the_simd_switch(portable):
+    assert not _cpp.use_simd(False)  # off: float32 takes the portable loops
+    assert _cpp.ops().simd(-1) == 0
+    try:
+        with open('/proc/cpuinfo') as f:
+            has_avx512 = platform.machine() == 'x86_64' and ' avx512f' in f.read()
+    except OSError:
+        pytest.skip('no /proc/cpuinfo to say what the CPU has')
+    assert _cpp.use_simd(True) == has_avx512 == bool(_cpp.ops().simd(-1))
 
 
 def test_typed_linear_reference_is_the_loop_over_types():

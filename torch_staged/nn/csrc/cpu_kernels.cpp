@@ -8,6 +8,12 @@
 // its backward:   grad_a[m, b, :] = grad[m, b, :] @ w[type[m], b]^T,
 //                 grad_w[k, b] = sum_{m: type[m] = k} a[m, b, :]^T grad[m, b, :]
 //
+// float32 on x86-64 CPUs with AVX-512 takes vectorised versions of these loops
+// (16 lanes, masked for the last columns; chosen at run time, so one build runs on
+// any x86-64 machine; `simd(0)` turns them off); float64, and float32 elsewhere,
+// the portable loops. Both multiply and add in the same order without fused
+// multiply-adds, so they give the same bits.
+//
 // Every output row is written by one thread (no atomics): the backward of the
 // aggregation walks the transposed layout, and the weight gradient of
 // typed_linear sums per-thread partial tables. Threads come from
@@ -17,11 +23,150 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define TS_SIMD 1
+#define TS_AVX512 __attribute__((target("avx512f")))
+#else
+#define TS_SIMD 0
+#endif
 
 namespace {
 
 constexpr int64_t kGrain = 256;  // rows per task
+
+bool simd_enabled = true;
+
+// Whether float32 takes the AVX-512 loops: the CPU has them and they are on.
+bool use_simd(const at::Tensor& t) {
+#if TS_SIMD
+  static const bool cpu_has = __builtin_cpu_supports("avx512f");
+  return simd_enabled && cpu_has && t.scalar_type() == at::kFloat;
+#else
+  (void)t;
+  return false;
+#endif
+}
+
+// Turns the AVX-512 loops on (1) or off (0), or leaves them (-1); returns whether
+// float32 takes them now.
+int64_t simd(int64_t enabled) {
+  if (enabled >= 0) simd_enabled = enabled != 0;
+  return use_simd(at::empty({0}, at::kFloat)) ? 1 : 0;
+}
+
+#if TS_SIMD
+// --------------------------------------------------------------- AVX-512 (float32)
+// Each loop multiplies and adds in the same order as its portable version, with
+// no fused multiply-add (-ffp-contract=off), so both give the same bits.
+TS_AVX512 inline __mmask16 lanes(int64_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+}
+
+// acc + w * row[0:16] (the lanes of k)
+TS_AVX512 inline __m512 add_row(__m512 acc, float w, const float* row, __mmask16 k) {
+  return _mm512_add_ps(acc, _mm512_mul_ps(_mm512_set1_ps(w), _mm512_maskz_loadu_ps(k, row)));
+}
+
+// out[s, h, :] = sum_j alpha[perm[j], h] x[col[j], :] for the rows [begin, end)
+TS_AVX512 void aggregate_avx512(const float* alpha, const float* x, const int64_t* ptr,
+                                const int64_t* col, const int64_t* perm, float* out,
+                                int64_t begin, int64_t end, int64_t H, int64_t D) {
+  for (int64_t s = begin; s < end; ++s)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t c0 = 0; c0 < D; c0 += 16) {
+        const __mmask16 k = lanes(D - c0);
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t j = ptr[s]; j < ptr[s + 1]; ++j)
+          acc = add_row(acc, alpha[perm[j] * H + h], x + col[j] * D + c0, k);
+        _mm512_mask_storeu_ps(out + (s * H + h) * D + c0, k, acc);
+      }
+}
+
+// grad_alpha[perm[j], h] = <grad[s, h, :], x[col[j], :]> for the rows [begin, end):
+// the products 16 at a time, their sum in order
+TS_AVX512 void alpha_grad_avx512(const float* grad, const float* x, const int64_t* ptr,
+                                 const int64_t* col, const int64_t* perm, float* grad_alpha,
+                                 int64_t begin, int64_t end, int64_t H, int64_t D) {
+  alignas(64) float products[16];
+  for (int64_t s = begin; s < end; ++s)
+    for (int64_t j = ptr[s]; j < ptr[s + 1]; ++j)
+      for (int64_t h = 0; h < H; ++h) {
+        float acc = 0;
+        for (int64_t c0 = 0; c0 < D; c0 += 16) {
+          const __mmask16 k = lanes(D - c0);
+          _mm512_store_ps(products,
+                          _mm512_mul_ps(_mm512_maskz_loadu_ps(k, grad + (s * H + h) * D + c0),
+                                        _mm512_maskz_loadu_ps(k, x + col[j] * D + c0)));
+          for (int64_t c = 0; c < std::min<int64_t>(16, D - c0); ++c) acc += products[c];
+        }
+        grad_alpha[perm[j] * H + h] = acc;
+      }
+}
+
+// grad_x[u, :] = sum_j sum_h alpha[perm_t[j], h] grad[col_t[j], h, :], u in [begin, end)
+TS_AVX512 void x_grad_avx512(const float* grad, const float* alpha, const int64_t* ptr_t,
+                             const int64_t* col_t, const int64_t* perm_t, float* grad_x,
+                             int64_t begin, int64_t end, int64_t H, int64_t D) {
+  for (int64_t u = begin; u < end; ++u)
+    for (int64_t c0 = 0; c0 < D; c0 += 16) {
+      const __mmask16 k = lanes(D - c0);
+      __m512 acc = _mm512_setzero_ps();
+      for (int64_t j = ptr_t[u]; j < ptr_t[u + 1]; ++j)
+        for (int64_t h = 0; h < H; ++h)
+          acc = add_row(acc, alpha[perm_t[j] * H + h], grad + (col_t[j] * H + h) * D + c0, k);
+      _mm512_mask_storeu_ps(grad_x + u * D + c0, k, acc);
+    }
+}
+
+// Rows dst_r = a_r @ w_r (+ bias_r) of P (row, block) pairs at once, 16 columns at a
+// time: P chains of additions in flight
+template <int P>
+TS_AVX512 inline void typed_pairs_avx512(const float* const* am, const float* const* wb,
+                                         const float* const* bias, float* const* dst,
+                                         int64_t Din, int64_t Dout, int64_t sd) {
+  for (int64_t c0 = 0; c0 < Dout; c0 += 16) {
+    const __mmask16 k = lanes(Dout - c0);
+    __m512 acc[P];
+    for (int r = 0; r < P; ++r)
+      acc[r] = bias[r] ? _mm512_maskz_loadu_ps(k, bias[r] + c0) : _mm512_setzero_ps();
+    for (int64_t d = 0; d < Din; ++d)
+      for (int r = 0; r < P; ++r) acc[r] = add_row(acc[r], am[r][d * sd], wb[r] + d * Dout + c0, k);
+    for (int r = 0; r < P; ++r) _mm512_mask_storeu_ps(dst[r] + c0, k, acc[r]);
+  }
+}
+
+// grad_w[type[m], b] += a[m, b, :]^T grad[m, b, :] for the rows [begin, end); the
+// table is small and stays in the L1 cache
+TS_AVX512 void typed_grad_w_avx512(const float* grad, int64_t sgm, int64_t sgb, int64_t sgd,
+                                   const int64_t* type, const float* a, float* grad_w,
+                                   int64_t begin, int64_t end, int64_t B, int64_t Din,
+                                   int64_t Dout) {
+  std::vector<float> row(Dout);
+  for (int64_t m = begin; m < end; ++m)
+    for (int64_t b = 0; b < B; ++b) {
+      const float* g = grad + m * sgm + b * sgb;
+      if (sgd != 1) {
+        for (int64_t c = 0; c < Dout; ++c) row[c] = g[c * sgd];
+        g = row.data();
+      }
+      const float* am = a + (m * B + b) * Din;
+      float* gb = grad_w + (type[m] * B + b) * Din * Dout;
+      for (int64_t c0 = 0; c0 < Dout; c0 += 16) {
+        const __mmask16 k = lanes(Dout - c0);
+        const __m512 gv = _mm512_maskz_loadu_ps(k, g + c0);
+        for (int64_t d = 0; d < Din; ++d) {
+          float* dst = gb + d * Dout + c0;
+          const __m512 term = _mm512_mul_ps(_mm512_set1_ps(am[d]), gv);
+          _mm512_mask_storeu_ps(dst, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, dst), term));
+        }
+      }
+    }
+}
+#endif  // TS_SIMD
 
 template <typename scalar_t>
 void aggregate_rows(const scalar_t* __restrict__ alpha, const scalar_t* __restrict__ x,
@@ -102,6 +247,18 @@ at::Tensor csr_aggregate(const at::Tensor& alpha, const at::Tensor& x, const at:
               "csr_aggregate: alpha [E, H] and x [N, D] must be contiguous");
   const int64_t H = alpha.size(1), D = x.size(1);
   auto out = at::empty({num_rows, H, D}, x.options());
+#if TS_SIMD
+  if (use_simd(x)) {
+    const float *a = alpha.data_ptr<float>(), *xs = x.data_ptr<float>();
+    const int64_t *p = ptr.data_ptr<int64_t>(), *c = col.data_ptr<int64_t>(),
+                  *q = perm.data_ptr<int64_t>();
+    float* o = out.data_ptr<float>();
+    at::parallel_for(0, num_rows, kGrain, [&](int64_t begin, int64_t end) {
+      aggregate_avx512(a, xs, p, c, q, o, begin, end, H, D);
+    });
+    return out;
+  }
+#endif
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "csr_aggregate", [&] {
     aggregate_rows<scalar_t>(alpha.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
                              ptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(),
@@ -124,10 +281,28 @@ std::vector<at::Tensor> csr_aggregate_backward(
   const int64_t num_rows = ptr.numel() - 1, num_nodes = ptr_t.numel() - 1;
   at::Tensor grad_alpha = need_alpha ? at::empty_like(alpha) : alpha.new_empty({0});
   at::Tensor grad_x = need_x ? at::empty_like(x) : x.new_empty({0});
+  if (need_alpha && grad_alpha.numel() > ptr[num_rows].item<int64_t>() * H)
+    grad_alpha.zero_();  // edges in no row
+#if TS_SIMD
+  if (use_simd(x)) {
+    const float *g = grad.data_ptr<float>(), *a = alpha.data_ptr<float>(),
+                *xs = x.data_ptr<float>();
+    if (need_alpha)
+      at::parallel_for(0, num_rows, kGrain, [&](int64_t begin, int64_t end) {
+        alpha_grad_avx512(g, xs, ptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(),
+                          perm.data_ptr<int64_t>(), grad_alpha.data_ptr<float>(), begin, end,
+                          H, D);
+      });
+    if (need_x)
+      at::parallel_for(0, num_nodes, kGrain, [&](int64_t begin, int64_t end) {
+        x_grad_avx512(g, a, ptr_t.data_ptr<int64_t>(), col_t.data_ptr<int64_t>(),
+                      perm_t.data_ptr<int64_t>(), grad_x.data_ptr<float>(), begin, end, H, D);
+      });
+    return {grad_alpha, grad_x};
+  }
+#endif
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "csr_aggregate_backward", [&] {
     if (need_alpha) {
-      if (grad_alpha.numel() > ptr[num_rows].item<int64_t>() * H)  // edges in no row
-        grad_alpha.zero_();
       alpha_grad_rows<scalar_t>(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
                                 ptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(),
                                 perm.data_ptr<int64_t>(), grad_alpha.data_ptr<scalar_t>(),
@@ -180,10 +355,24 @@ struct Strides {
 
 Strides strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2)}; }
 
+// The P pairs of pointers at once, vectorised where `simd` says so (float32 only).
+template <typename scalar_t, int P>
+inline void typed_step(const scalar_t* const* am, const scalar_t* const* wb,
+                       const scalar_t* const* bias, scalar_t* const* dst, int64_t Din,
+                       int64_t Dout, int64_t sd, bool simd) {
+#if TS_SIMD
+  if constexpr (std::is_same<scalar_t, float>::value) {
+    if (simd) return typed_pairs_avx512<P>(am, wb, bias, dst, Din, Dout, sd);
+  }
+#endif
+  (void)simd;
+  typed_pairs<scalar_t, P>(am, wb, bias, dst, Din, Dout, sd);
+}
+
 template <typename scalar_t>
 void typed_rows(const scalar_t* a, Strides sa, const int64_t* type, const scalar_t* w,
                 const scalar_t* bias, scalar_t* out, int64_t M, int64_t B, int64_t Din,
-                int64_t Dout) {
+                int64_t Dout, bool simd) {
   constexpr int P = 4;
   at::parallel_for(0, M * B, kGrain * B, [&](int64_t begin, int64_t end) {
     const scalar_t* am[P];
@@ -198,12 +387,12 @@ void typed_rows(const scalar_t* a, Strides sa, const int64_t* type, const scalar
       bs[n] = bias ? bias + b * Dout : nullptr;
       dst[n] = out + q * Dout;
       if (++n == P) {
-        typed_pairs<scalar_t, P>(am, wb, bs, dst, Din, Dout, sa.d);
+        typed_step<scalar_t, P>(am, wb, bs, dst, Din, Dout, sa.d, simd);
         n = 0;
       }
     }
     for (int r = 0; r < n; ++r)
-      typed_pairs<scalar_t, 1>(am + r, wb + r, bs + r, dst + r, Din, Dout, sa.d);
+      typed_step<scalar_t, 1>(am + r, wb + r, bs + r, dst + r, Din, Dout, sa.d, simd);
   });
 }
 
@@ -221,7 +410,7 @@ at::Tensor typed_linear(const at::Tensor& a, const at::Tensor& type, const at::T
     const scalar_t* b = bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr;
     typed_rows<scalar_t>(a.data_ptr<scalar_t>(), strides_of(a), type.data_ptr<int64_t>(),
                          w.data_ptr<scalar_t>(), b, out.data_ptr<scalar_t>(), M, B, Din,
-                         Dout);
+                         Dout, use_simd(a));
   });
   return out;
 }
@@ -229,7 +418,7 @@ at::Tensor typed_linear(const at::Tensor& a, const at::Tensor& type, const at::T
 template <typename scalar_t>
 void typed_grad_w(const scalar_t* grad, Strides sg, const int64_t* type, const scalar_t* a,
                   scalar_t* grad_w, int64_t M, int64_t K, int64_t B, int64_t Din,
-                  int64_t Dout) {
+                  int64_t Dout, bool simd) {
   const int64_t table = K * B * Din * Dout;
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
                                                                 (M + 4095) / 4096));
@@ -238,6 +427,14 @@ void typed_grad_w(const scalar_t* grad, Strides sg, const int64_t* type, const s
     for (int64_t chunk = first; chunk < last; ++chunk) {
       scalar_t* gw = partial.data() + chunk * table;
       const int64_t begin = M * chunk / chunks, end = M * (chunk + 1) / chunks;
+#if TS_SIMD
+      if constexpr (std::is_same<scalar_t, float>::value) {
+        if (simd) {
+          typed_grad_w_avx512(grad, sg.m, sg.b, sg.d, type, a, gw, begin, end, B, Din, Dout);
+          continue;
+        }
+      }
+#endif
       std::vector<scalar_t> row_of_grad(Dout);
       scalar_t* __restrict__ g = row_of_grad.data();
       for (int64_t m = begin; m < end; ++m) {
@@ -278,13 +475,13 @@ std::vector<at::Tensor> typed_linear_backward(const at::Tensor& grad, const at::
       typed_rows<scalar_t>(grad.data_ptr<scalar_t>(), strides_of(grad),
                            type.data_ptr<int64_t>(),
                            wt.data_ptr<scalar_t>(), nullptr, grad_a.data_ptr<scalar_t>(), M,
-                           B, Dout, Din);
+                           B, Dout, Din, use_simd(a));
     }
     if (need_w)
       typed_grad_w<scalar_t>(grad.data_ptr<scalar_t>(), strides_of(grad),
                              type.data_ptr<int64_t>(),
                              a.data_ptr<scalar_t>(), grad_w.data_ptr<scalar_t>(), M,
-                             w.size(0), B, Din, Dout);
+                             w.size(0), B, Din, Dout, use_simd(a));
   });
   return {grad_a, grad_w};
 }
@@ -300,6 +497,7 @@ TORCH_LIBRARY(torch_staged_cpu, m) {
   m.def("typed_linear(Tensor a, Tensor type, Tensor w, Tensor? bias) -> Tensor");
   m.def("typed_linear_backward(Tensor grad, Tensor a, Tensor type, Tensor w, "
         "bool need_a, bool need_w) -> Tensor[]");
+  m.def("simd(int enabled) -> int", &simd);
 }
 
 TORCH_LIBRARY_IMPL(torch_staged_cpu, CPU, m) {
