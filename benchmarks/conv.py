@@ -136,6 +136,11 @@ def parse_args(argv=None):
                         help='CPU: run every configuration with THP_MEM_ALLOC_ENABLE=1 '
                              '(PyTorch backs large tensors with transparent huge '
                              'pages: far fewer page faults on fresh memory)')
+    parser.add_argument('--heap', action='store_true',
+                        help='CPU: run every configuration after '
+                             'torch_staged.train.tune_allocator(large=True) (freed '
+                             'memory of every size kept for reuse: no fresh pages '
+                             'once the heap has grown, more peak memory)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--json', metavar='PATH', help='write the results here')
     # internal: one configuration in this process
@@ -249,6 +254,7 @@ def profile_top_ops(fn, device, row_limit=15):
 
 def run_single(args):
     """Measures one (implementation, size) in this process; returns its record."""
+    from torch_staged.train import tune_allocator
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == 'cpu':
@@ -259,7 +265,8 @@ def run_single(args):
               'lr_pairs': args.lr_pairs, 'heads': args.heads, 'hidden': args.hidden,
               'device': str(device), 'threads': args.threads, 'runs': args.runs,
               'warmup': args.warmup, 'loadavg_before': os.getloadavg()[0],
-              'thp_mem_alloc': os.environ.get('THP_MEM_ALLOC_ENABLE') == '1'}
+              'thp_mem_alloc': os.environ.get('THP_MEM_ALLOC_ENABLE') == '1',
+              'heap_allocator': args.heap and tune_allocator(large=True)}  # first
     try:
         torch.manual_seed(args.seed)
         start = time.perf_counter()
@@ -351,6 +358,8 @@ def child_argv(args, impl, cells, mem_limit):
         argv.append('--compile')
     if args.profile:
         argv.append('--profile')
+    if args.heap:
+        argv.append('--heap')
     if mem_limit:
         argv += ['--mem-limit-bytes', str(mem_limit)]
     return argv

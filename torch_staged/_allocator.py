@@ -4,14 +4,17 @@ import os
 import sys
 
 #: glibc ``mallopt`` parameters (``malloc.h``)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 #: blocks up to this size come from the heap and freed memory is kept, so that
 #: the same large temporaries of every right-hand-side evaluation reuse pages
 #: instead of mapping (and zero-filling) fresh ones (32 MiB: glibc's maximum)
 _THRESHOLD = 32 * 1024 * 1024
+#: with ``large=True``: free memory at the top of the heap kept up to this size
+#: (``mallopt`` takes an ``int``)
+_KEEP = 2 ** 31 - 1
 
 
-def tune_allocator() -> bool:
+def tune_allocator(large: bool = False) -> bool:
     r"""Keeps freed memory for reuse in this process, for long CPU fits.
 
     Every right-hand-side evaluation allocates the same large temporaries.
@@ -23,14 +26,22 @@ def tune_allocator() -> bool:
     it once before :func:`~torch_staged.train.fit` in a Python session. It
     changes ``malloc`` for the whole process.
 
-    Tensors above 32 MiB (large tissues) are still mapped fresh. For those,
-    PyTorch's transparent huge pages help (``THP_MEM_ALLOC_ENABLE=1`` in the
-    environment *before* Python starts; PyTorch reads it once): at 10^5 cells
-    one layer forward + backward took 5.52 s instead of 7.96 s of CPU time
-    (``benchmarks/README.md``).
+    Tensors above 32 MiB (large tissues) are still mapped fresh, unless
+    :obj:`large` is set: then blocks of every size come from the heap
+    (``mmap`` off) and up to 2 GiB of free memory is kept at its top. The
+    process then holds its peak memory until it exits, plus what the heap
+    fragments (at 10^5 cells, one layer forward + backward: 3.5 GB instead of
+    2.6 GB), and no longer maps (and zero-fills) fresh pages for every large
+    temporary. PyTorch's transparent huge pages (``THP_MEM_ALLOC_ENABLE=1`` in
+    the environment *before* Python starts; PyTorch reads it once) cut the cost
+    of those pages instead (``benchmarks/README.md`` compares the three).
 
     It does nothing (and returns :obj:`False`) where ``malloc`` is not glibc's,
     off Linux, or with ``TORCH_STAGED_MALLOC=default`` in the environment.
+
+    Args:
+        large (bool, optional): Also keep blocks above 32 MiB, for tissues of
+            :math:`10^5` cells and more. (default: :obj:`False`)
 
     Returns:
         bool: Whether the settings were applied.
@@ -40,6 +51,8 @@ def tune_allocator() -> bool:
         return False
     try:
         libc = ctypes.CDLL('libc.so.6')
+        if large:
+            return bool(libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, _KEEP))
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, _THRESHOLD)
                     and libc.mallopt(_M_TRIM_THRESHOLD, 4 * _THRESHOLD))
     except (OSError, AttributeError):  # not glibc
