@@ -40,6 +40,10 @@ class EdgeTemplates(NamedTuple):
         key (Tensor, optional): ``[T]`` group of each representative.
         edge_attr (Tensor, optional): ``[T, D_e]`` its attributes.
         pair_rows (tuple, optional): ``([T], [T])`` its gene-pair table rows.
+        src_row (Tensor, optional): ``[T]`` row :math:`g(u) K + \tau(u)` of its
+            source in the table of embeddings per (gene, cell type).
+        slot_row (Tensor, optional): ``[T]`` its target slot in that table,
+            :math:`(g(v) K + \tau(v)) R + r`.
     """
     rep: Tensor
     inverse: Tensor
@@ -48,6 +52,8 @@ class EdgeTemplates(NamedTuple):
     key: Optional[Tensor] = None
     edge_attr: Optional[Tensor] = None
     pair_rows: Optional[Tuple[Tensor, Tensor]] = None
+    src_row: Optional[Tensor] = None
+    slot_row: Optional[Tensor] = None
 
     @property
     def num_templates(self) -> int:

@@ -319,6 +319,8 @@ class STAGEDConv(MessagePassing):
         self.bias = Parameter(torch.empty(out_dim)) if bias else None
         self._fused_cache = None
         self._pair_rows_cache: Optional[Tuple[Tensor, Tuple[Tensor, Tensor]]] = None
+        self._embedding_rows_cache: Optional[Tuple[Tensor, Tensor]] = None
+        self._pair_table_rows_cache: Optional[Tuple[Tensor, Tensor, Tensor]] = None
         self._csr_cache: Optional[Tuple[Tensor, CSRPlan]] = None
         self._batch_major_cache: Optional[Tuple[Tensor, int, Tensor, Tensor]] = None
         self._template_cache: Optional[Tuple[Tensor, Optional[EdgeTemplates],
@@ -492,21 +494,31 @@ class STAGEDConv(MessagePassing):
                           dtype=x.dtype)
         self._check_state(x, fused, source_shift)
         batch = x.size(1) if x.dim() == 3 else 0
-        emb = self.node_embedding(fused.gene, fused.node_type, x.dtype)  # [NG, D - F]
+        templates = self.edge_templates(fused)  # static scores only
+        # with templates, the static scores and the silent-source value features
+        # depend on the embeddings per (gene, cell type): G*K rows, not N*G
+        table = self.embedding_table(x.dtype) if templates is not None else None
+        per_node = (table is None or self.score_state or self.value_embedding
+                    or source_shift is not None)
+        emb = (self.node_embedding(fused.gene, fused.node_type, x.dtype)  # [NG, D - F]
+               if per_node else None)
         # h = x || emb is materialised only where it is used as a whole (the
         # static scores see emb only)
         h = (x if emb is None else torch.cat([x, emb], dim=-1)
              if self.score_state or source_shift is not None else None)
-        h_msg = self.message_features(x, emb)
+        h_msg = self.message_features(
+            x, emb, None if per_node else (table[0], self.embedding_rows(fused)))
         num_slots = fused.num_nodes * self.num_relations
-        alpha = self.edge_updater(fused.edge_index,
-                                  h=h if self.score_state else self._embedding_or_empty(x, emb),
-                                  key=fused.key,
+        by_table = table is not None
+        h_score = (table[0] if by_table else h if self.score_state
+                   else self._embedding_or_empty(x, emb))
+        alpha = self.edge_updater(fused.edge_index, h=h_score, key=fused.key,
                                   edge_attr=fused.edge_attr, slot_ptr=fused.slot_ptr,
-                                  node_type=fused.node_type, source_shift=source_shift,
+                                  node_type=table[1] if by_table else fused.node_type,
+                                  source_shift=source_shift,
                                   pair_rows=None if not self.pair_dim
                                   else self.pair_rows(fused),
-                                  templates=self.edge_templates(fused),
+                                  templates=templates, by_table=by_table,
                                   size=(fused.num_nodes, num_slots))
         typed = apply_values and self.typed_values(fused, x, batch)
         out = self.propagate(fused.edge_index, h=h_msg.flatten(1), alpha=alpha,
@@ -564,7 +576,8 @@ class STAGEDConv(MessagePassing):
             emb = emb.unsqueeze(1).expand(-1, x.size(1), -1)
         return torch.cat([x, emb], dim=-1)
 
-    def message_features(self, x: Tensor, emb: Optional[Tensor]) -> Tensor:
+    def message_features(self, x: Tensor, emb: Optional[Tensor],
+                         table: Optional[Tuple[Tensor, Tensor]] = None) -> Tensor:
         r"""The aggregated source features, ``[N*G, message_dim]`` (or ``[N*G,
         B, message_dim]``), from the states :obj:`x` and the embeddings
         :obj:`emb` ``[N*G, D - F]`` (:meth:`node_embedding`), so that
@@ -578,7 +591,10 @@ class STAGEDConv(MessagePassing):
         :math:`\mathbf{x}_u \Vert \boldsymbol{\psi}(\mathbf{h}_u) -
         \boldsymbol{\psi}(\mathbf{0} \Vert \mathbf{e}_{g(u)})`: a message is
         then 0 when its sources are not expressed, so an edge cannot act as a
-        constant bias of its target.
+        constant bias of its target. With :obj:`table` (the embeddings per
+        (gene, cell type) and each node's row, :meth:`embedding_table` and
+        :meth:`embedding_rows`) in place of :obj:`emb`, the silent-source terms
+        are computed per row of the table and gathered.
         """
         F_in, batched = self.in_channels, x.dim() == 3
         parts = [x]
@@ -587,12 +603,18 @@ class STAGEDConv(MessagePassing):
         if self.lin_value is not None:
             # W h + b = W_x x + (W_e e + b): the embedding part once per node
             weight, bias = self.lin_value.weight, self.lin_value.bias
-            silent = bias if emb is None else torch.addmm(bias, emb, weight[:, F_in:].t())
-            silent = silent.expand(x.size(0), -1)
+            if table is not None:  # per (gene, cell type), then gathered
+                rows_silent = torch.addmm(bias, table[0], weight[:, F_in:].t())
+                silent = rows_silent.index_select(0, table[1])
+            else:
+                silent = bias if emb is None else torch.addmm(bias, emb,
+                                                              weight[:, F_in:].t())
+                silent = silent.expand(x.size(0), -1)
             pre = x @ weight[:, :F_in].t() + (silent.unsqueeze(1) if batched else silent)
             psi = torch.tanh(pre)
             if not self.value_embedding:
-                silent = torch.tanh(silent)
+                silent = (torch.tanh(rows_silent).index_select(0, table[1])
+                          if table is not None else torch.tanh(silent))
                 psi = psi - (silent.unsqueeze(1) if batched else silent)
             parts.append(psi)
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
@@ -653,10 +675,12 @@ class STAGEDConv(MessagePassing):
                     edge_index_j: Tensor, index: Tensor, slot_ptr: Tensor,
                     node_type: Tensor, source_shift: Optional[Tensor],
                     pair_rows: Optional[Tuple[Tensor, Tensor]],
-                    templates: Optional[EdgeTemplates], dim_size: int) -> Tensor:
+                    templates: Optional[EdgeTemplates], dim_size: int,
+                    by_table: bool = False) -> Tensor:
         r"""Attention coefficients :math:`\alpha` ``[E, H]`` of the fused edges
         (with :obj:`templates`: computed for one edge per template, then
-        gathered).
+        gathered; with :obj:`by_table`, :obj:`h` and :obj:`node_type` are the
+        rows of :meth:`embedding_table` rather than of the gene nodes).
         """
         R, K, H, C = (self.num_relations, self.num_cell_types, self.heads,
                       self.out_channels)
@@ -665,6 +689,8 @@ class STAGEDConv(MessagePassing):
         if templates is not None:  # static scores: one edge per template
             inverse, key, edge_attr = templates.inverse, templates.key, templates.edge_attr
             edge_index_j, index = templates.src, templates.slot
+            if by_table:  # h and node_type are per (gene, cell type)
+                edge_index_j, index = templates.src_row, templates.slot_row
             pair_rows = templates.pair_rows
         src_key = edge_index_j * (R * K) + key  # row of (source, group)
         if not self.score_state:  # h holds the embeddings only
@@ -735,10 +761,42 @@ class STAGEDConv(MessagePassing):
                 templates.rep, fused.src, fused.slot, fused.key, fused.edge_attr)
             pair_rows = (None if not self.pair_dim
                          else select_edges(templates.rep, *self.pair_rows(fused)))
+            R, row = self.num_relations, self.embedding_rows(fused)
+            slot_row = (row.index_select(0, torch.div(slot, R, rounding_mode='floor')) * R
+                        + slot % R)
             templates = templates._replace(src=src, slot=slot, key=key,
-                                           edge_attr=edge_attr, pair_rows=pair_rows)
+                                           edge_attr=edge_attr, pair_rows=pair_rows,
+                                           src_row=row.index_select(0, src),
+                                           slot_row=slot_row)
         self._template_cache = (fused.edge_index, templates, fused.edge_attr)
         return templates
+
+    def embedding_rows(self, fused: FusedGeneGraph) -> Tensor:
+        r"""``[N*G]``: the row :math:`g(v) K + \tau(v)` of every gene node in
+        the table of embeddings per (gene, cell type) (:meth:`embedding_table`);
+        cached per graph.
+        """
+        cached = self._embedding_rows_cache
+        if cached is not None and cached[0] is fused.edge_index:
+            return cached[1]
+        rows = fused.gene * self.num_cell_types + fused.node_type
+        self._embedding_rows_cache = (fused.edge_index, rows)
+        return rows
+
+    def embedding_table(self, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+        r"""The embedding part of :math:`\mathbf{h}` for every (gene, cell type),
+        ``[G*K, D - F]`` (no columns without embeddings), and each row's cell
+        type ``[G*K]``: what the static scores and the silent-source value
+        features depend on, computed on :math:`G K` rows instead of :math:`N G`.
+        """
+        G, K = self.num_genes, self.num_cell_types
+        device = self.value.device
+        gene = torch.arange(G, device=device).repeat_interleave(K)
+        kind = torch.arange(K, device=device).repeat(G)
+        table = self.node_embedding(gene, kind, dtype)
+        if table is None:
+            table = torch.zeros(G * K, 0, dtype=dtype, device=device)
+        return table, kind
 
     def pair_rows(self, fused: FusedGeneGraph) -> Tuple[Tensor, Tensor]:
         r"""Rows ``[E]`` of the flattened source and target factor tables of
@@ -764,9 +822,12 @@ class STAGEDConv(MessagePassing):
         gene -> gene biases that does not depend on the state.
         """
         if self.pair_table is not None:  # row (k * G + g(u)) * G + g(v)
-            G = self.num_genes
-            rows = src_rows * G + torch.remainder(dst_rows, G)
-            return self.pair_table.view(-1, self.heads).index_select(0, rows)
+            cached = self._pair_table_rows_cache  # the rows are fixed for a graph
+            if cached is None or cached[0] is not src_rows or cached[1] is not dst_rows:
+                G = self.num_genes
+                rows = src_rows * G + torch.remainder(dst_rows, G)
+                cached = self._pair_table_rows_cache = (src_rows, dst_rows, rows)
+            return self.pair_table.view(-1, self.heads).index_select(0, cached[2])
         src = self.pair_src.flatten(0, 1).index_select(0, src_rows)
         dst = self.pair_dst.flatten(0, 1).index_select(0, dst_rows)
         return (src * dst).sum(-1)
