@@ -30,9 +30,10 @@ def tune_allocator(large: bool = False) -> bool:
     :obj:`large` is set: then blocks of every size come from the heap
     (``mmap`` off) and up to 2 GiB of free memory is kept at its top. The
     process then holds its peak memory until it exits, plus what the heap
-    fragments (at 10^5 cells, one layer forward + backward: 3.5 GB instead of
-    2.6 GB), and no longer maps (and zero-fills) fresh pages for every large
-    temporary. PyTorch's transparent huge pages (``THP_MEM_ALLOC_ENABLE=1`` in
+    fragments (at 10^5 cells, one layer forward + backward peaked at 2.4-3.5 GB
+    instead of 2.1-2.6 GB), and no longer maps (and zero-fills) fresh pages for
+    every large temporary: that pass took 2.76 s of CPU time instead of
+    4.3-8.6 s on the 2-core machine. PyTorch's transparent huge pages (``THP_MEM_ALLOC_ENABLE=1`` in
     the environment *before* Python starts; PyTorch reads it once) cut the cost
     of those pages instead (``benchmarks/README.md`` compares the three).
 
