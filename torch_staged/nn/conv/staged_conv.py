@@ -320,6 +320,7 @@ class STAGEDConv(MessagePassing):
         self._fused_cache = None
         self._pair_rows_cache: Optional[Tuple[Tensor, Tuple[Tensor, Tensor]]] = None
         self._embedding_rows_cache: Optional[Tuple[Tensor, Tensor]] = None
+        self._table_index_cache: Optional[Tuple[Tensor, Tensor]] = None
         self._pair_table_rows_cache: Optional[Tuple[Tensor, Tensor, Tensor]] = None
         self._csr_cache: Optional[Tuple[Tensor, CSRPlan]] = None
         self._batch_major_cache: Optional[Tuple[Tensor, int, Tensor, Tensor]] = None
@@ -497,8 +498,9 @@ class STAGEDConv(MessagePassing):
         templates = self.edge_templates(fused)  # static scores only
         # with templates, the static scores and the silent-source value features
         # depend on the embeddings per (gene, cell type): G*K rows, not N*G
-        table = self.embedding_table(x.dtype) if templates is not None else None
-        per_node = (table is None or self.score_state or self.value_embedding
+        by_table = templates is not None
+        table = self.embedding_table(x.dtype) if by_table else None
+        per_node = (not by_table or self.score_state or self.value_embedding
                     or source_shift is not None)
         emb = (self.node_embedding(fused.gene, fused.node_type, x.dtype)  # [NG, D - F]
                if per_node else None)
@@ -509,7 +511,6 @@ class STAGEDConv(MessagePassing):
         h_msg = self.message_features(
             x, emb, None if per_node else (table[0], self.embedding_rows(fused)))
         num_slots = fused.num_nodes * self.num_relations
-        by_table = table is not None
         h_score = (table[0] if by_table else h if self.score_state
                    else self._embedding_or_empty(x, emb))
         alpha = self.edge_updater(fused.edge_index, h=h_score, key=fused.key,
@@ -791,8 +792,12 @@ class STAGEDConv(MessagePassing):
         """
         G, K = self.num_genes, self.num_cell_types
         device = self.value.device
-        gene = torch.arange(G, device=device).repeat_interleave(K)
-        kind = torch.arange(K, device=device).repeat(G)
+        cached = self._table_index_cache  # (gene, type) of every row, fixed
+        if cached is None or cached[0].device != device:
+            cached = self._table_index_cache = (
+                torch.arange(G, device=device).repeat_interleave(K),
+                torch.arange(K, device=device).repeat(G))
+        gene, kind = cached
         table = self.node_embedding(gene, kind, dtype)
         if table is None:
             table = torch.zeros(G * K, 0, dtype=dtype, device=device)

@@ -40,22 +40,24 @@ constexpr int64_t kGrain = 256;  // rows per task
 
 bool simd_enabled = true;
 
-// Whether float32 takes the AVX-512 loops: the CPU has them and they are on.
-bool use_simd(const at::Tensor& t) {
+// Whether the AVX-512 loops run: the CPU has them and they are on.
+bool simd_active() {
 #if TS_SIMD
   static const bool cpu_has = __builtin_cpu_supports("avx512f");
-  return simd_enabled && cpu_has && t.scalar_type() == at::kFloat;
+  return simd_enabled && cpu_has;
 #else
-  (void)t;
   return false;
 #endif
 }
+
+// Whether a float32 tensor like t takes them.
+bool use_simd(const at::Tensor& t) { return simd_active() && t.scalar_type() == at::kFloat; }
 
 // Turns the AVX-512 loops on (1) or off (0), or leaves them (-1); returns whether
 // float32 takes them now.
 int64_t simd(int64_t enabled) {
   if (enabled >= 0) simd_enabled = enabled != 0;
-  return use_simd(at::empty({0}, at::kFloat)) ? 1 : 0;
+  return simd_active() ? 1 : 0;
 }
 
 #if TS_SIMD
