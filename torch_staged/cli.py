@@ -1125,8 +1125,11 @@ def _add_fit_training(fitp) -> None:
                       help='Hidden channels of the attention layer.')
     fitp.add_argument('--mlp', type=int, default=32,
                       help='Hidden channels of the per-type MLP.')
-    fitp.add_argument('--type-dim', type=int, default=4,
-                      help='Cell-type embedding size (0: none).')
+    fitp.add_argument('--type-dim', type=int, default=0,
+                      help='Cell-type embedding size (0: none). With it, signalling '
+                           'can depend on the sender\'s cell type (README, "How well '
+                           'it learns": better on sender-specific signalling, worse on '
+                           'type-independent signalling).')
     fitp.add_argument('--normalize', default='gate', choices=('gate', 'softmax'),
                       help='Signed tanh gates per edge, or the softmax over a '
                            "target's edges.")

@@ -1,4 +1,5 @@
 """The ``torch-staged`` command line, end to end on a tiny simulated tissue."""
+import inspect
 import json
 from pathlib import Path
 
@@ -8,7 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from torch_staged.cli import build_parser, main
+from torch_staged.cli import _subparser, build_parser, main
+from torch_staged.models import STAGED
+from torch_staged.train import fit
 
 FIT_FAST = ['--epochs', '2', '--holdout', '2', '--k', '5', '--hidden', '8', '--mlp', '16',
             '--type-dim', '2', '--method', 'rk4', '--step-size', '0.5', '--quiet']
@@ -118,6 +121,34 @@ def test_parser_has_all_subcommands():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == 'command')
     assert set(sub.choices) == {'simulate', 'fit', 'predict', 'perturb', 'demo'}
+
+
+#: CLI option of `fit` -> (keyword, the API function whose default it must share)
+_SHARED_DEFAULTS = {
+    'hidden': ('hidden_channels', STAGED), 'mlp': ('mlp_channels', STAGED),
+    'type_dim': ('type_dim', STAGED), 'normalize': ('normalize', STAGED),
+    'pair_dim': ('pair_dim', STAGED), 'value_channels': ('value_channels', STAGED),
+    'method': ('method', STAGED), 'rtol': ('rtol', STAGED), 'atol': ('atol', STAGED),
+    'epochs': ('epochs', fit), 'lr': ('lr', fit), 'loss': ('loss', fit),
+    'gene_weights': ('gene_weights', fit), 'val_every': ('val_every', fit),
+    'patience': ('patience', fit), 'divergence': ('divergence', fit),
+    'tiles_per_step': ('tiles_per_step', fit), 'seed': ('seed', fit),
+}
+
+
+@pytest.mark.parametrize('option', sorted(_SHARED_DEFAULTS))
+def test_fit_defaults_are_the_api_defaults(option):
+    # `torch-staged fit` must train the model the science suite measures
+    # (make_model(...) + fit(...) with their defaults)
+    name, api = _SHARED_DEFAULTS[option]
+    cli_default = _subparser(build_parser(), 'fit').get_default(option)
+    api_default = inspect.signature(api).parameters[name].default
+    assert cli_default == api_default, (option, cli_default, api_default)
+
+
+def test_fit_state_scores_default_is_the_api_default():
+    default = _subparser(build_parser(), 'fit').get_default('state_scores')
+    assert default == inspect.signature(STAGED).parameters['score_state'].default
 
 
 def _bad_cases(root):
