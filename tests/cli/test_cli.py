@@ -133,6 +133,7 @@ _SHARED_DEFAULTS = {
     'gene_weights': ('gene_weights', fit), 'val_every': ('val_every', fit),
     'patience': ('patience', fit), 'divergence': ('divergence', fit),
     'tiles_per_step': ('tiles_per_step', fit), 'seed': ('seed', fit),
+    'state_scores': ('score_state', STAGED),
 }
 
 
@@ -144,11 +145,6 @@ def test_fit_defaults_are_the_api_defaults(option):
     cli_default = _subparser(build_parser(), 'fit').get_default(option)
     api_default = inspect.signature(api).parameters[name].default
     assert cli_default == api_default, (option, cli_default, api_default)
-
-
-def test_fit_state_scores_default_is_the_api_default():
-    default = _subparser(build_parser(), 'fit').get_default('state_scores')
-    assert default == inspect.signature(STAGED).parameters['score_state'].default
 
 
 def _bad_cases(root):
