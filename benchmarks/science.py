@@ -12,6 +12,7 @@ means +- sd over the seeds.
     python benchmarks/science.py --json results/science.json        # full
     python benchmarks/science.py --quick --json /tmp/science.json   # smoke test
     python benchmarks/science.py --models staged --fit-kwargs '{"holdout": null}'
+    python benchmarks/science.py --models staged --restarts 3      # ensembles of 3 fits
 """
 import argparse
 import json
@@ -61,6 +62,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              '\'{"holdout": null}\' (a measured alternative, not the defaults)')
     parser.add_argument('--model-kwargs', type=json.loads, default={}, metavar='JSON',
                         help='extra STAGED keyword arguments, e.g. \'{"mlp_channels": 16}\'')
+    parser.add_argument('--restarts', type=int, default=1,
+                        help="fit each STAGED model this many times (seeds seed + 100 k) "
+                             "and score the ensemble: averaged tables, mean forecast")
     parser.add_argument('--threads', type=int, default=1, help='torch threads per job')
     parser.add_argument('--jobs', type=int, default=os.cpu_count() or 1,
                         help='(dataset, seed) jobs run in parallel processes, one '
@@ -111,8 +115,8 @@ def summarise(records: List[Dict], markdown: bool = False) -> str:
 
 
 def run_job(dataset: str, seed: int, models: Sequence[str], quick: bool,
-            fit_kwargs: Dict, threads: int, model_kwargs: Optional[Dict] = None
-            ) -> List[Dict]:
+            fit_kwargs: Dict, threads: int, model_kwargs: Optional[Dict] = None,
+            restarts: int = 1) -> List[Dict]:
     """Every model on one (dataset, seed)."""
     torch.set_num_threads(threads)
     task = make_task(dataset, seed, quick=quick)
@@ -120,7 +124,7 @@ def run_job(dataset: str, seed: int, models: Sequence[str], quick: bool,
     for model in models:
         tic = time.perf_counter()
         if model in STAGED_MODELS:
-            record = run_staged(task, model, seed, model_kwargs, **fit_kwargs)
+            record = run_staged(task, model, seed, model_kwargs, restarts, **fit_kwargs)
         else:
             record = run_baseline(task, model, seed, quick=quick)
         records.append(record)
@@ -133,6 +137,8 @@ def run_job(dataset: str, seed: int, models: Sequence[str], quick: bool,
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
     args = parse_args(argv)
+    if args.restarts < 1:
+        raise SystemExit(f"--restarts must be >= 1 (got {args.restarts})")
     if args.summarise:
         with open(args.summarise) as f:
             records = json.load(f)
@@ -142,7 +148,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
     epochs = 2 if args.quick and args.epochs is None else args.epochs
     fit_kwargs = dict(args.fit_kwargs, **({} if epochs is None else {'epochs': epochs}))
     jobs = [(dataset, seed, args.models, args.quick, fit_kwargs, args.threads,
-             args.model_kwargs)
+             args.model_kwargs, args.restarts)
             for dataset in args.datasets for seed in seeds]
     jobs.sort(key=lambda job: -LARGEST.get(job[0], 0))  # the longest jobs first
     tic = time.perf_counter()

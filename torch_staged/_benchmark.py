@@ -130,15 +130,31 @@ def fit_staged(task: Task, model_name: str, seed: int,
     return model, time.perf_counter() - start[1], time.process_time() - start[0]
 
 
+#: Seed offset of the k-th member of an ensemble (member 0 is the single fit).
+RESTART_SEED_STEP = 100
+
+
 def run_staged(task: Task, model_name: str, seed: int,
-               model_kwargs: Optional[Dict] = None, **fit_kwargs) -> Dict:
-    """Fits one STAGED variant (:func:`fit_staged`) and scores it."""
+               model_kwargs: Optional[Dict] = None, restarts: int = 1,
+               **fit_kwargs) -> Dict:
+    """Fits one STAGED variant (:func:`fit_staged`) and scores it. With
+    :obj:`restarts` > 1 it fits an ensemble (member k from the seed
+    ``seed + 100 k``, so member 0 is the single fit) and scores the mean of the
+    members' forecasts and their averaged tables (see
+    :func:`~torch_staged.interpret.interaction_tables`).
+    """
     data, X, t, last = task.data, task.X, task.t, task.last
-    model, seconds, cpu = fit_staged(task, model_name, seed, model_kwargs, **fit_kwargs)
+    models, seconds, cpu = [], 0.0, 0.0
+    for k in range(restarts):
+        model, wall, used = fit_staged(task, model_name, seed + RESTART_SEED_STEP * k,
+                                       model_kwargs, **fit_kwargs)
+        models.append(model)
+        seconds, cpu = seconds + wall, cpu + used
     with torch.no_grad():
-        heldout = model(data, t[last:], X[last])[1:]
-        rollout = model(data, t, X[0])[1:]
-    intra, inter = interaction_tables(model, data, X[:last + 1])
+        heldout = torch.stack([m(data, t[last:], X[last])[1:] for m in models]).mean(0)
+        rollout = torch.stack([m(data, t, X[0])[1:] for m in models]).mean(0)
+    intra, inter = interaction_tables(models if restarts > 1 else models[0], data,
+                                      X[:last + 1])
     record = dict(dataset=task.name, model=model_name, seed=seed, fit_seconds=seconds,
                   fit_cpu_seconds=cpu)
     record.update(_forecast_record(task, heldout, rollout))

@@ -55,3 +55,23 @@ def test_science_passes_extra_fit_and_model_kwargs_to_staged():
                                    '--model-kwargs', '{"mlp_channels": 4}'])
     assert [r['model'] for r in records] == ['staged']
     assert records[0]['intra_auroc'] is not None
+
+
+def test_science_restarts_score_the_ensemble():
+    # --restarts 2: member k fitted from seed + 100 k, scored on the averaged tables
+    science = _load('science')
+    from torch_staged._benchmark import fit_staged, make_task, score_tables
+    from torch_staged.interpret import interaction_tables
+    base = ['--quick', '--jobs', '1', '--datasets', 'krumsiek11', '--models', 'staged']
+    with pytest.raises(SystemExit, match='--restarts must be >= 1'):
+        science.main(base + ['--restarts', '0'])
+    (record, ) = science.main(base + ['--restarts', '2'])
+    task = make_task('krumsiek11', 0, quick=True)
+    members = [fit_staged(task, 'staged', seed, epochs=2)[0] for seed in (0, 100)]
+    intra, _ = interaction_tables(members, task.data, task.X[:task.last + 1])
+    expected = score_tables(intra, None, task.truth, signed=True)
+    assert record['intra_auroc'] == pytest.approx(expected['intra_auroc'])
+    single = score_tables(interaction_tables(members[0], task.data,
+                                             task.X[:task.last + 1])[0],
+                          None, task.truth, signed=True)
+    assert single['intra_auroc'] != pytest.approx(expected['intra_auroc'])

@@ -132,6 +132,56 @@ def test_table_structure(fitted, method):
     assert scores[SIGNALS].shape == (data[SIGNALS].num_edges, )
 
 
+def test_ensemble_tables_average_the_members(fitted):
+    """An ensemble's rows are the members' means, with their spread."""
+    _, data, X, _, model = fitted
+    scores = edge_scores(model, data, X[:3])
+    intra, inter = interaction_tables(model, data, scores=scores)
+    tripled = {rel: 3 * value for rel, value in scores.items()}
+    flipped = {rel: -value for rel, value in scores.items()}
+    ensemble = interaction_tables([model, model], data, scores=[scores, tripled])
+    for single, table in zip((intra, inter), ensemble):
+        keys = list(single.columns[:-3])
+        both = single.merge(table, on=keys, suffixes=('', '_ens'))
+        assert len(both) == len(single) == len(table)
+        np.testing.assert_allclose(both['score_ens'], 2 * both['score'], rtol=1e-5,
+                                   atol=1e-8)
+        np.testing.assert_allclose(both['abs_score_ens'], 2 * both['abs_score'],
+                                   rtol=1e-5, atol=1e-8)
+        # sd over members of (a, 3a) = sqrt(2) a
+        np.testing.assert_allclose(both['abs_score_sd'], np.sqrt(2) * both['abs_score'],
+                                   rtol=1e-5, atol=1e-8)
+        assert (np.diff(table['abs_score'].to_numpy()) <= 0).all()
+    # opposite signs cancel in the mean score but not in the strength
+    intra_f, _ = interaction_tables([model, model], data, scores=[scores, flipped])
+    both = intra.merge(intra_f, on=INTRA_KEYS, suffixes=('', '_ens'))
+    np.testing.assert_allclose(both['score_ens'], 0.0, atol=1e-7)
+    np.testing.assert_allclose(both['abs_score_ens'], both['abs_score'], rtol=1e-6)
+
+
+def test_ensemble_of_copies_is_the_single_model(fitted):
+    _, data, X, _, model = fitted
+    intra, inter = interaction_tables(model, data, X[:2])
+    intra2, inter2 = interaction_tables([model, model], data, X[:2])
+    assert list(intra2.columns) == INTRA_KEYS + ['score', 'abs_score', 'n_edges',
+                                                 'abs_score_sd']
+    pd.testing.assert_frame_equal(intra, intra2.drop(columns='abs_score_sd'))
+    pd.testing.assert_frame_equal(inter, inter2.drop(columns='abs_score_sd'))
+    assert (intra2['abs_score_sd'] == 0).all()
+
+
+def test_ensemble_bad_input_raises(fitted):
+    _, data, X, _, model = fitted
+    with pytest.raises(ValueError, match="empty sequence"):
+        interaction_tables([], data, X[:2])
+    other = make_model('staged', data.num_genes + 1, data.num_cell_types)
+    with pytest.raises(ValueError, match=r"Model 1 of the ensemble does not fit"):
+        interaction_tables([model, other], data, X[:2])
+    scores = edge_scores(model, data, X[:2])
+    with pytest.raises(ValueError, match=r"one edge_scores\(\) dict per model"):
+        interaction_tables([model, model], data, scores=[scores])
+
+
 def test_bad_method_raises(fitted):
     _, data, _, _, model = fitted
     with pytest.raises(ValueError, match="'method' must be one of"):

@@ -1,5 +1,5 @@
 """Tables of learned interaction strengths."""
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -74,9 +74,63 @@ def edge_scores(model, data: TissueData, states: Optional[Tensor] = None,
     return {r: v / states.size(0) for r, v in total.items()}
 
 
+Scores = Dict[EdgeType, Tensor]
+
+
+def _members(model, scores) -> Tuple[list, Optional[List[Scores]]]:
+    """The models (and per-member scores) of a single model or an ensemble."""
+    many = isinstance(model, (list, tuple))
+    models = list(model) if many else [model]
+    if many and not models:
+        raise ValueError("'model' is an empty sequence: pass a fitted model or a "
+                         "list of fitted models (an ensemble)")
+    if scores is None:
+        return models, None
+    listed = isinstance(scores, (list, tuple))
+    members = list(scores) if listed else [scores]
+    if many and (not listed or len(members) != len(models)):
+        raise ValueError(f"'scores' must be a list of one edge_scores() dict per "
+                         f"model of the ensemble ({len(models)} models)")
+    return models, members
+
+
+def _check_members(models: list, data: TissueData) -> None:
+    for k, member in enumerate(models):
+        func = getattr(member, 'func', None)
+        if func is None or (func.num_genes, func.num_cell_types) != (
+                data.num_genes, data.num_cell_types):
+            raise ValueError(
+                f"Model {k} of the ensemble does not fit this tissue: every model "
+                f"must be a STAGED model with num_genes={data.num_genes} and "
+                f"num_cell_types={data.num_cell_types}")
+
+
+def _group(columns: Dict[str, np.ndarray], values: List[np.ndarray]) -> pd.DataFrame:
+    """One row per key of :obj:`columns`: the members' mean signed score and
+    mean absolute score (and, for several members, the sd over members of
+    each member's mean absolute score).
+    """
+    value = np.stack(values)  # [M, E]
+    out = pd.DataFrame(dict(columns, score=value.mean(0),
+                            abs_score=np.abs(value).mean(0)))
+    keys = list(columns)
+    spread = len(values) > 1
+    if spread:
+        for k, v in enumerate(values):
+            out[f'_abs{k}'] = np.abs(v)
+    grouped = out.groupby(keys, sort=False, observed=True)
+    table = grouped.agg(score=('score', 'mean'), abs_score=('abs_score', 'mean'),
+                        n_edges=('score', 'size')).reset_index()
+    if spread:
+        per_member = grouped[[f'_abs{k}' for k in range(len(values))]].mean()
+        table['abs_score_sd'] = per_member.std(axis=1, ddof=1).to_numpy()
+    return table.sort_values('abs_score', ascending=False, kind='stable'
+                             ).reset_index(drop=True)
+
+
 def interaction_tables(model, data: TissueData, states: Optional[Tensor] = None,
                        method: str = 'jacobian',
-                       scores: Optional[Dict[EdgeType, Tensor]] = None,
+                       scores: Union[Scores, Sequence[Scores], None] = None,
                        ) -> Tuple[pd.DataFrame, pd.DataFrame]:
     r"""Learned interaction strengths aggregated the way a biologist reads them.
 
@@ -88,38 +142,49 @@ def interaction_tables(model, data: TissueData, states: Optional[Tensor] = None,
     ``abs_score`` (the mean absolute score, used to rank) and ``n_edges``; rows
     are sorted by ``abs_score``, strongest first.
 
+    An **ensemble** (a list of :math:`M` models fitted to the same tissue, e.g.
+    from different initialisations) gives the members' mean of both,
+    :math:`\bar{s}_e = \frac{1}{M}\sum_m s^{(m)}_e` and
+    :math:`\frac{1}{M}\sum_m |s^{(m)}_e|` per edge :math:`e`, averaged over the
+    row's edges, and one more column, ``abs_score_sd``: the standard deviation
+    over the members of each member's ``abs_score`` (how much the row's
+    strength depends on the fit). A single fit's ranking of weak edges varies
+    with its initialisation; averaging a few fits reduces that variance (see
+    the README's "How well it learns").
+
     Args:
-        model (STAGED): A fitted model.
+        model (STAGED or list of STAGED): A fitted model, or an ensemble.
         data (TissueData): The tissue.
         states (Tensor, optional): See :func:`edge_scores`.
         method (str, optional): ``'attention'`` or ``'jacobian'``.
-        scores (dict, optional): Per-edge scores already computed by
-            :func:`edge_scores` (then :obj:`states` and :obj:`method` are unused).
+        scores (dict or list of dict, optional): Per-edge scores already
+            computed by :func:`edge_scores` (one dict per model of an
+            ensemble); then :obj:`states` and :obj:`method` are unused.
 
     Returns:
         ``(intracellular, intercellular)`` DataFrames.
+
+    Example:
+        >>> intra, inter = interaction_tables([model_a, model_b, model_c], data)
+        ... # doctest: +SKIP
     """
-    if scores is None:
-        scores = edge_scores(model, data, states, method)
+    models, members = _members(model, scores)
+    if members is None:
+        if len(models) > 1:
+            _check_members(models, data)
+        members = [edge_scores(m, data, states, method) for m in models]
     genes = np.asarray(data.gene_names)
     types = np.asarray(data.cell_type_names)
     G = data.num_genes
     cell_type = data[CELL].cell_type.cpu().numpy()
 
     def frame(rel: EdgeType, columns: Dict[str, np.ndarray]) -> pd.DataFrame:
-        value = scores[rel].detach().cpu().numpy()
-        out = pd.DataFrame(dict(columns, score=value, abs_score=np.abs(value)))
-        keys = list(columns)
-        out = out.groupby(keys, sort=False, observed=True).agg(
-            score=('score', 'mean'), abs_score=('abs_score', 'mean'),
-            n_edges=('score', 'size')).reset_index()
-        return out.sort_values('abs_score', ascending=False, kind='stable'
-                               ).reset_index(drop=True)
+        return _group(columns, [m[rel].detach().cpu().numpy() for m in members])
 
     src, dst = (v.cpu().numpy() for v in data[REGULATES].edge_index)
     intra = frame(REGULATES, {'cell_type': types[cell_type[dst // G]],
                               'source': genes[src % G], 'target': genes[dst % G]})
-    if SIGNALS in scores and data[SIGNALS].num_edges > 0:
+    if all(SIGNALS in m for m in members) and data[SIGNALS].num_edges > 0:
         src, dst = (v.cpu().numpy() for v in data[SIGNALS].edge_index)
         pairs = np.asarray(data.lr_pairs, dtype=object).reshape(-1, 2)
         lr = data[SIGNALS].lr_pair.cpu().numpy()
@@ -129,6 +194,6 @@ def interaction_tables(model, data: TissueData, states: Optional[Tensor] = None,
                                 'receiver_type': types[cell_type[dst // G]]})
     else:
         inter = pd.DataFrame(columns=['ligand', 'receptor', 'sender_type',
-                                      'receiver_type', 'score', 'abs_score',
-                                      'n_edges'])
+                                      'receiver_type', 'score', 'abs_score', 'n_edges']
+                             + (['abs_score_sd'] if len(members) > 1 else []))
     return intra, inter
