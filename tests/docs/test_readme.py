@@ -14,3 +14,10 @@ def test_readme_quickstart_runs():
     assert {'ligand', 'receptor', 'sender_type', 'receiver_type'} <= set(
         namespace['inter'].columns)
     assert 'staged_pred' in namespace['adata_out'].layers
+    # the ensemble snippet that follows, in the same session
+    ensemble = next(b for b in blocks[1:] if 'members' in b)
+    exec(compile(ensemble, 'README.md ensemble', 'exec'), namespace)
+    assert len(namespace['members']) == 3
+    for table in (namespace['intra'], namespace['inter']):
+        assert 'abs_score_sd' in table.columns and (table['abs_score_sd'] >= 0).all()
+    assert (namespace['intra']['abs_score_sd'] > 0).any()  # the fits differ
