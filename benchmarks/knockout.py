@@ -14,6 +14,7 @@ changes over all cell-times) and the mean change of each.
 
     python benchmarks/knockout.py --seeds 0 1 2 [--json out.json]
     python benchmarks/knockout.py --model-kwargs '{"type_dim": 4}'   # an alternative
+    python benchmarks/knockout.py --restarts 3   # ensembles: the mean of 3 fits' changes
 """
 import argparse
 import json
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from torch_staged import perturb
-from torch_staged._benchmark import fit_staged, make_task
+from torch_staged._benchmark import RESTART_SEED_STEP, fit_staged, make_task
 from torch_staged.datasets import lateral_inhibition
 from torch_staged.sim import graph_from_simulation
 
@@ -36,17 +37,25 @@ def _true_trajectories(seed: int, knockout: Optional[str]) -> torch.Tensor:
 
 
 def knockout_response(seed: int, ligand: str = 'Delta', receptor: str = 'Notch',
-                      threshold: float = 0.05, model_kwargs: Optional[Dict] = None) -> Dict:
+                      threshold: float = 0.05, model_kwargs: Optional[Dict] = None,
+                      restarts: int = 1) -> Dict:
     """One seed's figures (see the module docstring); :obj:`model_kwargs` go to
-    ``STAGED`` (a measured alternative, not the defaults).
+    ``STAGED`` (a measured alternative, not the defaults). With :obj:`restarts`
+    > 1 the model's change is the mean over an ensemble (member k fitted from
+    the seed ``seed + 100 k``, as ``benchmarks/science.py --restarts``).
     """
     task = make_task('lateral_inhibition', seed)
-    model, seconds, _ = fit_staged(task, 'staged', seed, model_kwargs)
     base = _true_trajectories(seed, None)
     true = _true_trajectories(seed, ligand) - base
-    result = perturb(model, task.data, base[0], task.t, knockout=ligand)
     r = list(task.data.gene_names).index(receptor)
-    model_d, true_d = result.delta[1:, :, r].double(), true[1:, :, r].double()
+    changes, seconds = [], 0.0
+    for k in range(restarts):
+        model, wall, _ = fit_staged(task, 'staged', seed + RESTART_SEED_STEP * k,
+                                    model_kwargs)
+        seconds += wall
+        result = perturb(model, task.data, base[0], task.t, knockout=ligand)
+        changes.append(result.delta[1:, :, r].double())
+    model_d, true_d = torch.stack(changes).mean(0), true[1:, :, r].double()
     moved = true_d.abs() > threshold
     return dict(
         seed=seed, fit_seconds=seconds, moved=int(moved.sum()),
@@ -60,15 +69,21 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict]:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--restarts', type=int, default=1,
+                        help='fit an ensemble of this many models per seed and score '
+                             'the mean of their changes')
     parser.add_argument('--json', default=None)
     parser.add_argument('--model-kwargs', type=json.loads, default={}, metavar='JSON',
                         help='extra STAGED keyword arguments, e.g. \'{"type_dim": 4}\'')
     args = parser.parse_args(argv)
+    if args.restarts < 1:
+        parser.error(f'--restarts must be >= 1 (got {args.restarts})')
     torch.set_num_threads(args.threads)
     records = []
     for seed in args.seeds:
         tic = time.perf_counter()
-        records.append(knockout_response(seed, model_kwargs=args.model_kwargs))
+        records.append(knockout_response(seed, model_kwargs=args.model_kwargs,
+                                         restarts=args.restarts))
         print(f'seed {seed} ({time.perf_counter() - tic:.0f} s): '
               + ', '.join(f'{k}={v:.3g}' for k, v in records[-1].items()
                           if k != 'seed'), flush=True)

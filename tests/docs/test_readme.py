@@ -21,3 +21,4 @@ def test_readme_quickstart_runs():
     for table in (namespace['intra'], namespace['inter']):
         assert 'abs_score_sd' in table.columns and (table['abs_score_sd'] >= 0).all()
     assert (namespace['intra']['abs_score_sd'] > 0).any()  # the fits differ
+    assert namespace['adata_ens'].uns['staged']['params']['ensemble_size'] == 3

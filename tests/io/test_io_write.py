@@ -140,3 +140,32 @@ def test_fit_then_write_and_unmatched_rows(fitted):
     assert np.isnan(out.layers['staged_pred'][-3:]).all()
     assert np.isfinite(out.layers['staged_pred'][:-3]).all()
     assert out.obsp['staged_signalling'][-3:].nnz == 0
+
+
+def test_ensemble_writes_the_members_means(fitted, unchanged):
+    adata, traj, model = fitted
+    torch.manual_seed(1)
+    other = STAGED(6, 3, hidden_channels=4, mlp_channels=8, method='rk4',
+                   options={'step_size': 0.25})
+    singles = [write_results(adata, m, traj) for m in (model, other)]
+    with unchanged(adata):
+        out = write_results(adata, [model, other], traj)
+    pred = Key.layers.pred('staged')
+    np.testing.assert_allclose(out.layers[pred],
+                               (singles[0].layers[pred] + singles[1].layers[pred]) / 2,
+                               rtol=1e-5, atol=1e-6)
+    for key in (Key.obsm.incoming('staged'), Key.obsm.outgoing('staged')):
+        mean = (singles[0].obsm[key].to_numpy() + singles[1].obsm[key].to_numpy()) / 2
+        np.testing.assert_allclose(out.obsm[key].to_numpy(), mean, rtol=1e-5, atol=1e-7)
+    key = Key.obsp.signalling('staged')
+    mean = (singles[0].obsp[key] + singles[1].obsp[key]) / 2
+    np.testing.assert_allclose(out.obsp[key].toarray(), mean.toarray(), rtol=1e-5,
+                               atol=1e-7)
+    intra = out.uns['staged'][Key.uns.intracellular]
+    assert 'abs_score_sd' in intra.columns and (intra['abs_score_sd'] > 0).any()
+    assert out.uns['staged'][Key.uns.params]['ensemble_size'] == 2
+    assert singles[0].uns['staged'][Key.uns.params]['ensemble_size'] == 1
+    assert not np.allclose(singles[0].layers[pred], singles[1].layers[pred],
+                           equal_nan=True)  # the members differ
+    with pytest.raises(ValueError, match='empty sequence'):
+        write_results(adata, [], traj)

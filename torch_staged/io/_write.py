@@ -122,6 +122,36 @@ def _scatter_pairs(score: Tensor, cell: Tensor, lr: Tensor, num_cells: int,
                                                                      num_pairs)
 
 
+def _members(model) -> list:
+    """The models of a single fitted model or of an ensemble (a list)."""
+    if not isinstance(model, (list, tuple)):
+        return [model]
+    if not model:
+        raise ValueError("'model' is an empty sequence: pass a fitted model or a "
+                         "list of fitted models (an ensemble)")
+    devices = {next(m.parameters()).device for m in model}
+    if len(devices) > 1:
+        raise ValueError(f"The models of the ensemble are on different devices "
+                         f"({sorted(map(str, devices))}): move them to one with "
+                         f"model.to(device)")
+    return list(model)
+
+
+def _signal_strength(models: list, data, state: Tensor, method: str
+                     ) -> Optional[Tensor]:
+    """``[E_signals]`` mean over the members of :math:`|s_e|` at :obj:`state`
+    (:obj:`None` without signalling scores).
+    """
+    total = None
+    for m in models:
+        scores = edge_scores(m, data, state, method)
+        if SIGNALS not in scores:
+            return None
+        value = scores[SIGNALS].detach().abs()
+        total = value if total is None else total + value
+    return total / len(models)
+
+
 def write_results(
     adata,
     model,
@@ -180,7 +210,12 @@ def write_results(
         adata (anndata.AnnData): Long-format data with the rows of
             :obj:`trajectories` (matched by ``(cell, time)``), typically the one
             they were read from.
-        model (STAGED): The fitted model.
+        model (STAGED or list of STAGED): The fitted model, or an ensemble of
+            models fitted to the same tissue: then the prediction is the
+            members' mean, the tables are those of
+            :func:`~torch_staged.interpret.interaction_tables` for the ensemble
+            (with ``abs_score_sd``), and :math:`|s_e|` in ``obsm`` / ``obsp``
+            is the members' mean of :math:`|s^{(m)}_e|`.
         trajectories (Trajectories): From :func:`read_trajectories`.
         key_added (str, optional): Prefix of the keys. (default: :obj:`'staged'`)
         method (str, optional): ``'jacobian'`` or ``'attention'`` (see
@@ -217,7 +252,9 @@ def write_results(
     if method not in METHODS:
         raise ValueError(f"'method' must be one of {METHODS} (got {method!r})")
     traj = trajectories
-    check_model(model, traj.genes, traj.cell_types, model_genes, model_cell_types)
+    models = _members(model)
+    for member in models:
+        check_model(member, traj.genes, traj.cell_types, model_genes, model_cell_types)
     var_index = pd.Index([str(g) for g in adata.var_names]).get_indexer(traj.genes)
     if (var_index < 0).any():
         absent = [g for g, i in zip(traj.genes, var_index) if i < 0]
@@ -239,37 +276,41 @@ def write_results(
             f"empty (obsp)", stacklevel=2)
 
     # ---- compute ------------------------------------------------------------------
-    param = next(model.parameters())
+    param = next(models[0].parameters())
     data = traj.data if traj.data[CELL].pos.device == param.device \
         else traj.data.clone().to(param.device)
     X = traj.X_graph.to(param)  # [T, N, G], graph order
     T, N, G = X.shape
     pairs = [(str(a), str(b)) for a, b in data.lr_pairs]
     L = len(pairs)
-    was_training = model.training
-    model.eval()
+    was_training = [m.training for m in models]
+    for m in models:
+        m.eval()
     try:
         with torch.no_grad():
-            pred = model(data, traj.t.to(param), X[0])
-        intra, inter = interaction_tables(model, data, X, method)
+            pred = torch.stack([m(data, traj.t.to(param), X[0]) for m in models]).mean(0)
+        intra, inter = interaction_tables(models if len(models) > 1 else models[0],
+                                          data, X, method)
         incoming = torch.zeros(T, N, L, dtype=param.dtype)
         outgoing = torch.zeros(T, N, L, dtype=param.dtype)
         links = []  # per time: (sender cell, receiver cell, strength), input order
         n_id = data[CELL].n_id.cpu()
         for k in range(T):
-            scores = edge_scores(model, data, X[k], method)
-            if SIGNALS not in scores or L == 0 or data[SIGNALS].num_edges == 0:
+            score = (_signal_strength(models, data, X[k], method)
+                     if L and data[SIGNALS].num_edges else None)
+            if score is None:
                 links.append(None)
                 continue
-            score = scores[SIGNALS].detach().cpu()
+            score = score.cpu()
             src, dst = data[SIGNALS].edge_index.cpu() // G
             lr = data[SIGNALS].lr_pair.cpu()
             incoming[k] = _scatter_pairs(score, dst, lr, N, L)
             outgoing[k] = _scatter_pairs(score, src, lr, N, L)
             links.append((n_id[src].numpy(), n_id[dst].numpy(),
-                          score.abs().double().numpy()))
+                          score.double().numpy()))
     finally:
-        model.train(was_training)
+        for m, mode in zip(models, was_training):
+            m.train(mode)
     pred = data.cells_to_input(pred.detach().cpu(), dim=1).numpy()
     incoming = data.cells_to_input(incoming, dim=1).numpy()
     outgoing = data.cells_to_input(outgoing, dim=1).numpy()
@@ -301,8 +342,9 @@ def write_results(
         'signalling_orientation': ORIENTATION,
         'neighbour_edges': int(data[NEAR].num_edges),
         'num_gene_nodes': int(data[GENE].num_nodes),
-        'model': repr(model),
-        'model_config': json.dumps(getattr(model, 'config', {}), default=str,
+        'model': repr(models[0]),
+        'ensemble_size': len(models),
+        'model_config': json.dumps(getattr(models[0], 'config', {}), default=str,
                                    sort_keys=True),
     }
     lr_frame = pd.DataFrame({'ligand': [a for a, _ in pairs],
