@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from torch_staged import perturb
-from torch_staged._benchmark import RESTART_SEED_STEP, fit_staged, make_task
+from torch_staged._benchmark import RESTART_SEED_STEP, check_restarts, fit_staged, make_task
 from torch_staged.datasets import lateral_inhibition
 from torch_staged.sim import graph_from_simulation
 
@@ -44,6 +44,7 @@ def knockout_response(seed: int, ligand: str = 'Delta', receptor: str = 'Notch',
     > 1 the model's change is the mean over an ensemble (member k fitted from
     the seed ``seed + 100 k``, as ``benchmarks/science.py --restarts``).
     """
+    check_restarts(restarts)
     task = make_task('lateral_inhibition', seed)
     base = _true_trajectories(seed, None)
     true = _true_trajectories(seed, ligand) - base
@@ -58,7 +59,7 @@ def knockout_response(seed: int, ligand: str = 'Delta', receptor: str = 'Notch',
     model_d, true_d = torch.stack(changes).mean(0), true[1:, :, r].double()
     moved = true_d.abs() > threshold
     return dict(
-        seed=seed, fit_seconds=seconds, moved=int(moved.sum()),
+        seed=seed, restarts=restarts, fit_seconds=seconds, moved=int(moved.sum()),
         sign=float((torch.sign(model_d[moved]) == torch.sign(true_d[moved])).double().mean()),
         ratio=float(model_d[moved].abs().mean() / true_d[moved].abs().mean()),
         r=float(np.corrcoef(model_d.flatten().numpy(), true_d.flatten().numpy())[0, 1]),

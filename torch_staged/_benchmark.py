@@ -134,6 +134,13 @@ def fit_staged(task: Task, model_name: str, seed: int,
 RESTART_SEED_STEP = 100
 
 
+def check_restarts(restarts) -> int:
+    """Raises unless :obj:`restarts` (the size of an ensemble) is an integer >= 1."""
+    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
+        raise ValueError(f"'restarts' must be an integer >= 1 (got {restarts!r})")
+    return restarts
+
+
 def run_staged(task: Task, model_name: str, seed: int,
                model_kwargs: Optional[Dict] = None, restarts: int = 1,
                **fit_kwargs) -> Dict:
@@ -141,8 +148,10 @@ def run_staged(task: Task, model_name: str, seed: int,
     :obj:`restarts` > 1 it fits an ensemble (member k from the seed
     ``seed + 100 k``, so member 0 is the single fit) and scores the mean of the
     members' forecasts and their averaged tables (see
-    :func:`~torch_staged.interpret.interaction_tables`).
+    :func:`~torch_staged.interpret.interaction_tables`); ``fit_seconds`` and
+    ``fit_cpu_seconds`` are then the members' sums.
     """
+    check_restarts(restarts)
     data, X, t, last = task.data, task.X, task.t, task.last
     models, seconds, cpu = [], 0.0, 0.0
     for k in range(restarts):
@@ -153,10 +162,9 @@ def run_staged(task: Task, model_name: str, seed: int,
     with torch.no_grad():
         heldout = torch.stack([m(data, t[last:], X[last])[1:] for m in models]).mean(0)
         rollout = torch.stack([m(data, t, X[0])[1:] for m in models]).mean(0)
-    intra, inter = interaction_tables(models if restarts > 1 else models[0], data,
-                                      X[:last + 1])
+    intra, inter = interaction_tables(models, data, X[:last + 1])
     record = dict(dataset=task.name, model=model_name, seed=seed, fit_seconds=seconds,
-                  fit_cpu_seconds=cpu)
+                  fit_cpu_seconds=cpu, restarts=restarts)
     record.update(_forecast_record(task, heldout, rollout))
     record.update(score_tables(intra, inter if model_name != 'no_signalling' else None,
                                task.truth, signed=True))

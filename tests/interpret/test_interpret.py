@@ -152,6 +152,24 @@ def test_ensemble_tables_average_the_members(fitted):
         np.testing.assert_allclose(both['abs_score_sd'], np.sqrt(2) * both['abs_score'],
                                    rtol=1e-5, atol=1e-8)
         assert (np.diff(table['abs_score'].to_numpy()) <= 0).all()
+    # two edges of one row swapped between the members: the same row strength,
+    # so no spread, although the two edges' scores differ between the members
+    G = data.num_genes
+    src, dst = data[REGULATES].edge_index
+    key = data['cell'].cell_type[dst // G] * G * G + (src % G) * G + dst % G
+    value = scores[REGULATES]
+    row = next(k for k in key.unique() if value[key == k].abs().unique().numel() > 1)
+    edges = (key == row).nonzero().view(-1)
+    a, b = edges[0], next(e for e in edges[1:] if value[e].abs() != value[edges[0]].abs())
+    swapped = dict(scores)
+    swapped[REGULATES] = value.clone()
+    swapped[REGULATES][a], swapped[REGULATES][b] = value[b], value[a]
+    intra_s, _ = interaction_tables([model, model], data, scores=[scores, swapped])
+    types, genes = np.asarray(data.cell_type_names), np.asarray(data.gene_names)
+    name = (types[int(row) // (G * G)], genes[int(row) // G % G], genes[int(row) % G])
+    hit = intra_s.set_index(INTRA_KEYS).loc[name]
+    assert hit['abs_score_sd'] == pytest.approx(0.0, abs=1e-9)
+    np.testing.assert_allclose(intra_s['abs_score_sd'], 0.0, atol=1e-9)
     # opposite signs cancel in the mean score but not in the strength
     intra_f, _ = interaction_tables([model, model], data, scores=[scores, flipped])
     both = intra.merge(intra_f, on=INTRA_KEYS, suffixes=('', '_ens'))
@@ -178,8 +196,20 @@ def test_ensemble_bad_input_raises(fitted):
     with pytest.raises(ValueError, match=r"Model 1 of the ensemble does not fit"):
         interaction_tables([model, other], data, X[:2])
     scores = edge_scores(model, data, X[:2])
-    with pytest.raises(ValueError, match=r"one edge_scores\(\) dict per model"):
-        interaction_tables([model, model], data, scores=[scores])
+    for bad_model, bad_scores in (([model, model], [scores]), ([model, model], scores),
+                                  (model, [scores, scores]), (model, [])):
+        with pytest.raises(ValueError, match=r"one edge_scores\(\) dict per model"):
+            interaction_tables(bad_model, data, scores=bad_scores)
+    plain = make_model('no_signalling', data.num_genes, data.num_cell_types)
+    with pytest.raises(ValueError, match="same variant"):
+        interaction_tables([model, plain], data, X[:2])
+    no_signals = edge_scores(plain, data, X[:2])
+    with pytest.raises(ValueError, match="same variant"):
+        interaction_tables([model, plain], data, scores=[scores, no_signals])
+    # a model may know more cell types than the tissue has, as for one model
+    wider = make_model('staged', data.num_genes, data.num_cell_types + 1)
+    intra, _ = interaction_tables([model, wider], data, X[:2])
+    assert 'abs_score_sd' in intra.columns
 
 
 def test_bad_method_raises(fitted):

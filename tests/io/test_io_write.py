@@ -142,7 +142,7 @@ def test_fit_then_write_and_unmatched_rows(fitted):
     assert out.obsp['staged_signalling'][-3:].nnz == 0
 
 
-def test_ensemble_writes_the_members_means(fitted, unchanged):
+def test_ensemble_writes_the_members_means(fitted, unchanged, tmp_path):
     adata, traj, model = fitted
     torch.manual_seed(1)
     other = STAGED(6, 3, hidden_channels=4, mlp_channels=8, method='rk4',
@@ -169,3 +169,9 @@ def test_ensemble_writes_the_members_means(fitted, unchanged):
                            equal_nan=True)  # the members differ
     with pytest.raises(ValueError, match='empty sequence'):
         write_results(adata, [], traj)
+    with pytest.raises(ValueError, match='Model 1 of the ensemble: The gene panel'):
+        write_results(adata, [model, _model(5)], traj)
+    out.write_h5ad(tmp_path / 'ensemble.h5ad')
+    back = ad.read_h5ad(tmp_path / 'ensemble.h5ad')
+    pd.testing.assert_frame_equal(back.uns['staged'][Key.uns.intracellular], intra,
+                                  check_dtype=False, check_index_type=False)

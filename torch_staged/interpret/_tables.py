@@ -75,40 +75,68 @@ def edge_scores(model, data: TissueData, states: Optional[Tensor] = None,
 
 
 Scores = Dict[EdgeType, Tensor]
+#: What an ensemble may be given as.
+ENSEMBLE_TYPES = (list, tuple, torch.nn.ModuleList)
+EMPTY_ENSEMBLE = ("'model' is an empty sequence: pass a fitted model or a list of "
+                  "fitted models (an ensemble)")
+
+
+def ensemble_members(model) -> list:
+    """The models of a single fitted model or of an ensemble (a list, tuple or
+    :class:`~torch.nn.ModuleList`); raises on an empty one.
+    """
+    if not isinstance(model, ENSEMBLE_TYPES):
+        return [model]
+    if len(model) == 0:
+        raise ValueError(EMPTY_ENSEMBLE)
+    return list(model)
 
 
 def _members(model, scores) -> Tuple[list, Optional[List[Scores]]]:
     """The models (and per-member scores) of a single model or an ensemble."""
-    many = isinstance(model, (list, tuple))
-    models = list(model) if many else [model]
-    if many and not models:
-        raise ValueError("'model' is an empty sequence: pass a fitted model or a "
-                         "list of fitted models (an ensemble)")
+    models = ensemble_members(model)
     if scores is None:
         return models, None
     listed = isinstance(scores, (list, tuple))
     members = list(scores) if listed else [scores]
-    if many and (not listed or len(members) != len(models)):
-        raise ValueError(f"'scores' must be a list of one edge_scores() dict per "
-                         f"model of the ensemble ({len(models)} models)")
+    if len(members) != len(models) or listed != isinstance(model, ENSEMBLE_TYPES):
+        raise ValueError(f"'scores' must be one edge_scores() dict for one model, or a "
+                         f"list of one edge_scores() dict per model of an ensemble "
+                         f"(got {len(members) if listed else 'a dict'} for "
+                         f"{len(models) if len(models) > 1 else 'one'} model(s))")
+    relations = {frozenset(m) for m in members}
+    if len(relations) > 1:
+        raise ValueError("The scores of the ensemble's models have different relations "
+                         "(some without 'signals'): every model of an ensemble must be "
+                         "the same variant")
     return models, members
 
 
 def _check_members(models: list, data: TissueData) -> None:
+    """Raises unless every member is a STAGED model of this tissue's gene panel
+    that knows its cell types, all of the same variant (the same relations).
+    """
+    relations = set()
     for k, member in enumerate(models):
         func = getattr(member, 'func', None)
-        if func is None or (func.num_genes, func.num_cell_types) != (
-                data.num_genes, data.num_cell_types):
+        if func is None or func.num_genes != data.num_genes or (
+                func.num_cell_types < data.num_cell_types):
             raise ValueError(
                 f"Model {k} of the ensemble does not fit this tissue: every model "
-                f"must be a STAGED model with num_genes={data.num_genes} and "
-                f"num_cell_types={data.num_cell_types}")
+                f"must be a STAGED model with num_genes={data.num_genes} and at "
+                f"least num_cell_types={data.num_cell_types}")
+        relations.add(tuple(func.conv.relations))
+    if len(relations) > 1:
+        raise ValueError(f"The models of the ensemble have different relations "
+                         f"({sorted(relations)}): every model of an ensemble must be "
+                         f"the same variant")
 
 
 def _group(columns: Dict[str, np.ndarray], values: List[np.ndarray]) -> pd.DataFrame:
-    """One row per key of :obj:`columns`: the members' mean signed score and
-    mean absolute score (and, for several members, the sd over members of
-    each member's mean absolute score).
+    """One row per key of :obj:`columns` (``[E]`` arrays of the edges' keys),
+    from :obj:`values` (:math:`M` arrays ``[E]``, one per member): the members'
+    mean signed score and mean absolute score, and, for :math:`M > 1`, the sd
+    over members of each member's mean absolute score over the row's edges.
     """
     value = np.stack(values)  # [M, E]
     out = pd.DataFrame(dict(columns, score=value.mean(0),
@@ -147,13 +175,21 @@ def interaction_tables(model, data: TissueData, states: Optional[Tensor] = None,
     :math:`\bar{s}_e = \frac{1}{M}\sum_m s^{(m)}_e` and
     :math:`\frac{1}{M}\sum_m |s^{(m)}_e|` per edge :math:`e`, averaged over the
     row's edges, and one more column, ``abs_score_sd``: the standard deviation
-    over the members of each member's ``abs_score`` (how much the row's
-    strength depends on the fit). A single fit's ranking of weak edges varies
+    over the members of each member's ``abs_score`` of the row :math:`R`,
+
+    .. math::
+        \mathrm{sd}_m\Big(\frac{1}{|R|} \sum_{e \in R} |s^{(m)}_e|\Big)
+        \quad (\text{divisor } M - 1),
+
+    how much the row's strength depends on the fit. Rows are ranked by the
+    ensemble's ``abs_score``. A single fit's ranking of weak edges varies
     with its initialisation; averaging a few fits reduces that variance (see
     the README's "How well it learns").
 
     Args:
-        model (STAGED or list of STAGED): A fitted model, or an ensemble.
+        model (STAGED or list of STAGED): A fitted model, or an ensemble (a
+            list, tuple or :class:`~torch.nn.ModuleList` of models of the same
+            variant fitted to this tissue).
         data (TissueData): The tissue.
         states (Tensor, optional): See :func:`edge_scores`.
         method (str, optional): ``'attention'`` or ``'jacobian'``.
@@ -162,11 +198,14 @@ def interaction_tables(model, data: TissueData, states: Optional[Tensor] = None,
             ensemble); then :obj:`states` and :obj:`method` are unused.
 
     Returns:
-        ``(intracellular, intercellular)`` DataFrames.
+        ``(intracellular, intercellular)`` DataFrames with the key columns
+        (``cell_type, source, target``, resp. ``ligand, receptor,
+        sender_type, receiver_type``), then ``score, abs_score, n_edges``
+        (and ``abs_score_sd`` for an ensemble).
 
     Example:
-        >>> intra, inter = interaction_tables([model_a, model_b, model_c], data)
-        ... # doctest: +SKIP
+        >>> members = [model_a, model_b, model_c]  # doctest: +SKIP
+        >>> intra, inter = interaction_tables(members, data)  # doctest: +SKIP
     """
     models, members = _members(model, scores)
     if members is None:

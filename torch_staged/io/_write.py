@@ -10,7 +10,7 @@ from scipy import sparse
 from torch import Tensor
 
 from torch_staged.interpret import edge_scores, interaction_tables
-from torch_staged.interpret._tables import METHODS
+from torch_staged.interpret._tables import METHODS, ensemble_members
 from torch_staged.io._constants import Key
 from torch_staged.io._read import Trajectories, _cell_values, cell_positions
 from torch_staged.io._validate import (
@@ -122,19 +122,26 @@ def _scatter_pairs(score: Tensor, cell: Tensor, lr: Tensor, num_cells: int,
                                                                      num_pairs)
 
 
-def _members(model) -> list:
-    """The models of a single fitted model or of an ensemble (a list)."""
-    if not isinstance(model, (list, tuple)):
-        return [model]
-    if not model:
-        raise ValueError("'model' is an empty sequence: pass a fitted model or a "
-                         "list of fitted models (an ensemble)")
-    devices = {next(m.parameters()).device for m in model}
+def _members(model, genes, cell_types, model_genes, model_cell_types) -> list:
+    """The checked models of a single fitted model or of an ensemble."""
+    models = ensemble_members(model)
+    for k, member in enumerate(models):
+        try:
+            check_model(member, genes, cell_types, model_genes, model_cell_types)
+        except ValueError as err:
+            if len(models) == 1:
+                raise
+            raise ValueError(f"Model {k} of the ensemble: {err}") from None
+        if not isinstance(member, torch.nn.Module) or next(
+                member.parameters(), None) is None:
+            raise TypeError(f"'model' must be a fitted STAGED model or a list of them "
+                            f"(got {type(member).__name__})")
+    devices = {next(m.parameters()).device for m in models}
     if len(devices) > 1:
         raise ValueError(f"The models of the ensemble are on different devices "
                          f"({sorted(map(str, devices))}): move them to one with "
                          f"model.to(device)")
-    return list(model)
+    return models
 
 
 def _signal_strength(models: list, data, state: Tensor, method: str
@@ -185,7 +192,8 @@ def write_results(
       DataFrames of :func:`~torch_staged.interpret.interaction_tables`;
       ``uns[key]['lr_pairs']``: the :math:`L` pairs in obsm column order;
       ``uns[key]['params']``: the method, the keys, times, genes, cell types,
-      the model's repr and its config (a JSON string).
+      the model's repr and its config (a JSON string; of the first model of an
+      ensemble) and ``ensemble_size`` (1 for one model).
 
     **Snapshots.** When :obj:`trajectories` were read from the output of
     :func:`~torch_staged.trajectory.infer_trajectories` and :obj:`adata` is the
@@ -211,7 +219,8 @@ def write_results(
             :obj:`trajectories` (matched by ``(cell, time)``), typically the one
             they were read from.
         model (STAGED or list of STAGED): The fitted model, or an ensemble of
-            models fitted to the same tissue: then the prediction is the
+            models fitted to the same tissue (a list, tuple or
+            :class:`~torch.nn.ModuleList`): then the prediction is the
             members' mean, the tables are those of
             :func:`~torch_staged.interpret.interaction_tables` for the ensemble
             (with ``abs_score_sd``), and :math:`|s_e|` in ``obsm`` / ``obsp``
@@ -252,9 +261,7 @@ def write_results(
     if method not in METHODS:
         raise ValueError(f"'method' must be one of {METHODS} (got {method!r})")
     traj = trajectories
-    models = _members(model)
-    for member in models:
-        check_model(member, traj.genes, traj.cell_types, model_genes, model_cell_types)
+    models = _members(model, traj.genes, traj.cell_types, model_genes, model_cell_types)
     var_index = pd.Index([str(g) for g in adata.var_names]).get_indexer(traj.genes)
     if (var_index < 0).any():
         absent = [g for g, i in zip(traj.genes, var_index) if i < 0]
