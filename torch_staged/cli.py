@@ -803,6 +803,37 @@ def _read_for_run(args, run, lr_pairs, grn):
     return original, adata, traj
 
 
+#: What the runs of an ensemble must share: the panel, the keys and the graph.
+ENSEMBLE_SHARED = ('genes', 'cell_types', 'keys', 'graph', 'snapshots')
+
+
+def _same_file(a: str, b: str) -> bool:
+    with open(a, 'rb') as fa, open(b, 'rb') as fb:
+        return fa.read() == fb.read()
+
+
+def _ensemble_models(args, run: dict, lr_pairs: str, grn: Optional[str], device) -> list:
+    """The models of ``predict --ensemble``: runs fitted to the same data, with
+    the same panel, keys, graph and prior tables as RUN (e.g. other --seed).
+    """
+    models = []
+    for path in args.ensemble or []:
+        other, model, other_lr, other_grn = _load_run(path, device)
+        for field in ENSEMBLE_SHARED:
+            if other.get(field) != run.get(field):
+                raise CLIError(
+                    f"--ensemble run '{path}' differs from '{args.run}' in its "
+                    f"{field.replace('_', ' ')}: the runs of an ensemble must be fitted "
+                    f"to the same data with the same options but --seed")
+        same_grn = (grn is None) == (other_grn is None) and (
+            grn is None or _same_file(grn, other_grn))
+        if not (_same_file(lr_pairs, other_lr) and same_grn):
+            raise CLIError(f"--ensemble run '{path}' was fitted with other prior tables "
+                           f"(--lr-pairs / --grn) than '{args.run}'")
+        models.append(model)
+    return models
+
+
 def _predict(args: argparse.Namespace) -> None:
     import torch
 
@@ -813,9 +844,12 @@ def _predict(args: argparse.Namespace) -> None:
         raise CLIError(f"--out '{args.out}' must end in .h5ad")
     torch.set_num_threads(args.threads)
     run, model, lr_pairs, grn = _load_run(args.run, device)
+    models = [model] + _ensemble_models(args, run, lr_pairs, grn, device)
     adata, _, traj = _read_for_run(args, run, lr_pairs, grn)
-    _log(args, f'predicting {traj.num_cells} cells x {traj.num_times} times ...')
-    out = write_results(adata, model, traj, key_added=args.key_added,
+    what = f'an ensemble of {len(models)} runs' if len(models) > 1 else 'the run'
+    _log(args, f'predicting {traj.num_cells} cells x {traj.num_times} times with {what} ...')
+    out = write_results(adata, models if len(models) > 1 else model, traj,
+                        key_added=args.key_added,
                         method=args.method, model_genes=run['genes'],
                         model_cell_types=run['cell_types'])
     _write_h5ad(out, args.out)
@@ -1214,6 +1248,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "(layers['KEY_pred']), the interaction tables (uns['KEY']) "
                           'and the per-edge signalling strengths (obsp) into OUT.')
     _add_run_inputs(pred)
+    pred.add_argument('--ensemble', nargs='+', default=None, metavar='RUN',
+                      help='Further runs fitted to the same data with the same options '
+                           'but --seed: the predictions and interaction strengths are '
+                           "the mean over all runs (uns['KEY'] tables gain "
+                           'abs_score_sd, the spread over the runs).')
     pred.add_argument('--method', default='jacobian', choices=('jacobian', 'attention'),
                       help='How interaction strengths are measured: exact per-edge '
                            'Jacobians or attention weights.')

@@ -88,6 +88,32 @@ def test_predict_writes_results(chain):
     assert 'staged_signalling' in pred.obsp
 
 
+def test_predict_ensemble_of_runs(chain, capsys):
+    # a second run of the same data and options but --seed, then both as an ensemble
+    root, _ = chain
+    data, run, run2 = root / 'data.h5ad', root / 'RUN', root / 'RUN_seed2'
+    fit_args = ['fit', str(data), '--cell-key', 'cell_id', '--time-key', 'time',
+                '--type-key', 'cell_type', '--lr-pairs', str(root / 'data_lr_pairs.csv'),
+                '--grn', str(root / 'data_grn.csv')] + FIT_FAST
+    assert main(fit_args + ['--out', str(run2), '--seed', '2']) == 0
+    out = root / 'pred_ens.h5ad'
+    assert main(['predict', str(run), str(data), '--ensemble', str(run2), '--out',
+                 str(out), '--quiet']) == 0
+    pred, single = ad.read_h5ad(out), ad.read_h5ad(root / 'pred.h5ad')
+    assert pred.uns['staged']['params']['ensemble_size'] == 2
+    assert 'abs_score_sd' in pred.uns['staged']['intracellular'].columns
+    assert not np.allclose(pred.layers['staged_pred'], single.layers['staged_pred'])
+    # a run of other options is refused, in one line, before any prediction
+    other = root / 'RUN_other'
+    assert main(fit_args + ['--out', str(other), '--k', '4']) == 0
+    capsys.readouterr()
+    code = main(['predict', str(run), str(data), '--ensemble', str(other), '--out',
+                 str(root / 'x.h5ad'), '--quiet'])
+    err = capsys.readouterr().err
+    assert code == 2 and 'differs from' in err and 'graph' in err, err
+    assert not (root / 'x.h5ad').exists()
+
+
 def test_perturb_writes_layers_and_response_curves(chain):
     root, codes = chain
     assert codes['perturb'] == 0
