@@ -186,3 +186,19 @@ def test_bad_perturbations_raise(tissue, fitted):
         perturb(fitted, data, X[0], t, knockout='L0', cell_types='T9')
     with pytest.raises(ValueError, match='not in the'):
         perturb(fitted, data, X[0], t, lr_pairs=[('L0', 'G0')])
+
+
+def test_ensemble_perturbation_is_the_members_mean(tissue, fitted):
+    _, data, X, t = tissue
+    torch.manual_seed(3)
+    other = make_model('staged', data.num_genes, data.num_cell_types, **FAST)
+    options = dict(knockout='L0', cell_types='T0', lr_pairs=[tuple(data.lr_pairs[0])])
+    singles = [perturb(m, data, X[0], t, **options) for m in (fitted, other)]
+    both = perturb([fitted, other], data, X[0], t, **options)
+    torch.testing.assert_close(both.baseline, (singles[0].baseline + singles[1].baseline) / 2)
+    torch.testing.assert_close(both.delta, (singles[0].delta + singles[1].delta) / 2)
+    assert not torch.allclose(singles[0].delta, singles[1].delta)
+    assert both.description.startswith(singles[0].description)
+    assert 'ensemble of 2' in both.description
+    with pytest.raises(ValueError, match='empty sequence'):
+        perturb([], data, X[0], t, knockout='L0')

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from torch_staged.data.tissue_data import TissueData
+from torch_staged.interpret._tables import ensemble_members
 from torch_staged.typing import CELL, GENE, SIGNALS
 
 GeneSpec = Union[str, Sequence[str]]
@@ -172,8 +173,12 @@ def perturb(
     see that value, so a knocked-out ligand stops driving the receivers'
     receptors.
 
+    An ensemble (a list of models fitted to the same tissue, see
+    :func:`~torch_staged.interpret.interaction_tables`) gives the members'
+    mean baseline and mean perturbed trajectories.
+
     Args:
-        model (STAGED): A fitted model.
+        model (STAGED or list of STAGED): A fitted model, or an ensemble.
         data (TissueData): The tissue.
         x0 (Tensor): ``[N, G]`` initial expression (graph cell order).
         t (Tensor): ``[T]`` output times.
@@ -190,6 +195,16 @@ def perturb(
     Returns:
         :class:`PerturbationResult` with the baseline and perturbed trajectories.
     """
+    options = dict(knockout=knockout, overexpress=overexpress, cells=cells,
+                   cell_types=cell_types, lr_pairs=lr_pairs, remove_senders=remove_senders)
+    models = ensemble_members(model)
+    if len(models) > 1:
+        results = [perturb(m, data, x0, t, **options) for m in models]
+        return PerturbationResult(
+            torch.stack([r.baseline for r in results]).mean(0),
+            torch.stack([r.perturbed for r in results]).mean(0), results[0].t,
+            f'{results[0].description} (mean of an ensemble of {len(models)} models)')
+    model = models[0]
     knockout = _as_list(knockout)
     overexpress = dict(overexpress or {})
     if not (knockout or overexpress or lr_pairs or remove_senders):
