@@ -807,6 +807,16 @@ def _read_for_run(args, run, lr_pairs, grn):
 ENSEMBLE_SHARED = ('genes', 'cell_types', 'keys', 'graph', 'snapshots')
 
 
+def _shared(run: dict, field: str):
+    """A field the runs of an ensemble must share; the trajectories inferred
+    from snapshots may differ by their seed, as the fits do.
+    """
+    value = run.get(field)
+    if field == 'snapshots' and value:
+        value = {k: v for k, v in value.items() if k != 'seed'}
+    return value
+
+
 def _same_file(a: str, b: str) -> bool:
     with open(a, 'rb') as fa, open(b, 'rb') as fb:
         return fa.read() == fb.read()
@@ -815,12 +825,13 @@ def _same_file(a: str, b: str) -> bool:
 def _ensemble_models(args, run: dict, lr_pairs: str, grn: Optional[str], device) -> list:
     """The models of ``predict --ensemble``: runs fitted to the same data, with
     the same panel, keys, graph and prior tables as RUN (e.g. other --seed).
+    Trajectories from snapshots are inferred once, with RUN's seed.
     """
     models = []
     for path in args.ensemble or []:
         other, model, other_lr, other_grn = _load_run(path, device)
         for field in ENSEMBLE_SHARED:
-            if other.get(field) != run.get(field):
+            if _shared(other, field) != _shared(run, field):
                 raise CLIError(
                     f"--ensemble run '{path}' differs from '{args.run}' in its "
                     f"{field.replace('_', ' ')}: the runs of an ensemble must be fitted "

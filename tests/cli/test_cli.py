@@ -287,6 +287,18 @@ def test_snapshots_chain(tmp_path, capsys):
     pert = ad.read_h5ad(tmp_path / 'pert.h5ad')
     assert pert.n_obs == 15 * 5  # anchors (half the cells) x times
     assert np.isfinite(pert.layers['staged_delta']).all()
+    # an ensemble of snapshot runs of other seeds (their linking differs by the seed)
+    seed3 = tmp_path / 'RUN_SEED3'
+    assert main(['fit', str(data), '--snapshots', '--lr-pairs',
+                 str(tmp_path / 'snap_lr_pairs.csv'), '--out', str(seed3), '--seed', '3']
+                + FIT_FAST) == 0
+    assert main(['predict', str(run), str(data), '--ensemble', str(seed3), '--out',
+                 str(tmp_path / 'ens.h5ad'), '--quiet']) == 0
+    assert ad.read_h5ad(tmp_path / 'ens.h5ad').uns['staged']['params']['ensemble_size'] == 2
+    capsys.readouterr()
+    assert main(['predict', str(run), str(data), '--ensemble', str(spatial), '--out',
+                 str(tmp_path / 'bad.h5ad'), '--quiet']) == 2
+    assert 'differs from' in capsys.readouterr().err
 
 
 def test_snapshot_predict_lands_on_every_input_row(tmp_path):
