@@ -202,3 +202,17 @@ def test_ensemble_perturbation_is_the_members_mean(tissue, fitted):
     assert 'ensemble of 2' in both.description
     with pytest.raises(ValueError, match='empty sequence'):
         perturb([], data, X[0], t, knockout='L0')
+
+
+def test_ensemble_perturbation_checks_members_first(tissue, fitted):
+    _, data, X, t = tissue
+    wrong = make_model('staged', data.num_genes + 1, data.num_cell_types, **FAST)
+    with pytest.raises(ValueError, match='Model 1 of the ensemble does not fit'):
+        perturb([fitted, wrong], data, X[0], t, knockout='L0')
+    with pytest.raises(TypeError, match='flat list'):
+        perturb([[fitted, fitted], fitted], data, X[0], t, knockout='L0')
+    pairs = (tuple(p) for p in data.lr_pairs[:1])  # a generator: used by every member
+    both = perturb([fitted, fitted], data, X[0], t, lr_pairs=pairs)
+    one = perturb(fitted, data, X[0], t, lr_pairs=[tuple(data.lr_pairs[0])])
+    torch.testing.assert_close(both.delta, one.delta)
+    assert one.delta.abs().max() > 0

@@ -803,18 +803,34 @@ def _read_for_run(args, run, lr_pairs, grn):
     return original, adata, traj
 
 
-#: What the runs of an ensemble must share: the panel, the keys and the graph.
-ENSEMBLE_SHARED = ('genes', 'cell_types', 'keys', 'graph', 'snapshots')
+#: What the runs of an ensemble must share: the data, panel, keys and graph.
+ENSEMBLE_SHARED = ('times', 'genes', 'cell_types', 'keys', 'graph', 'snapshots',
+                   'allow_negative', 'missing_genes')
+#: Defaults of run.json fields that older runs do not write.
+_FIELD_DEFAULTS = {'allow_negative': False, 'missing_genes': 'raise'}
 
 
 def _shared(run: dict, field: str):
-    """A field the runs of an ensemble must share; the trajectories inferred
-    from snapshots may differ by their seed, as the fits do.
+    """A field the runs of an ensemble must share, with unset entries dropped
+    (older runs omit some); the linking of snapshots may differ by its seed,
+    as the fits do.
     """
-    value = run.get(field)
-    if field == 'snapshots' and value:
-        value = {k: v for k, v in value.items() if k != 'seed'}
+    value = run.get(field, _FIELD_DEFAULTS.get(field))
+    if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if v is not None
+                 and not (field == 'snapshots' and k == 'seed')}
+        if field == 'snapshots' and value.get('alpha_spatial') == 0.0:
+            del value['alpha_spatial']  # the default: expression only
     return value
+
+
+def _difference(field: str, a, b) -> str:
+    if field == 'snapshots' and (a is None) != (b is None):
+        return 'one was fitted with --snapshots and the other not'
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        return ', '.join(f'{k} {a.get(k)!r} vs {b.get(k)!r}' for k in keys[:3])
+    return f'{a!r} vs {b!r}' if len(repr(a)) + len(repr(b)) < 120 else 'not equal'
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -822,25 +838,48 @@ def _same_file(a: str, b: str) -> bool:
         return fa.read() == fb.read()
 
 
+def _check_ensemble_run(args, path: str, run: dict, other: dict, tables, others) -> None:
+    """Raises unless run ``path`` may join RUN's ensemble."""
+    for field in ENSEMBLE_SHARED:
+        a, b = _shared(run, field), _shared(other, field)
+        if a != b:
+            raise CLIError(
+                f"--ensemble run '{path}' differs from '{args.run}' in its "
+                f"{field.replace('_', ' ')} ({_difference(field, a, b)}): the runs of an "
+                f"ensemble must be fitted to the same data with the same panel, keys, "
+                f"graph and priors (e.g. with another --seed)")
+    for flag, mine, theirs in zip(('--lr-pairs', '--grn'), tables, others):
+        if (mine is None) != (theirs is None) or (
+                mine is not None and not _same_file(mine, theirs)):
+            raise CLIError(f"--ensemble run '{path}' was fitted with another {flag} "
+                           f"table than '{args.run}'")
+
+
 def _ensemble_models(args, run: dict, lr_pairs: str, grn: Optional[str], device) -> list:
     """The models of ``predict --ensemble``: runs fitted to the same data, with
-    the same panel, keys, graph and prior tables as RUN (e.g. other --seed).
-    Trajectories from snapshots are inferred once, with RUN's seed.
+    the same panel, keys, graph and prior tables as RUN, each with its own
+    --seed. Trajectories from snapshots are inferred once, with RUN's seed.
     """
     models = []
+    seen = {os.path.realpath(args.run): args.run}
+    seeds = {(run.get('fit') or {}).get('seed'): args.run}
     for path in args.ensemble or []:
-        other, model, other_lr, other_grn = _load_run(path, device)
-        for field in ENSEMBLE_SHARED:
-            if _shared(other, field) != _shared(run, field):
-                raise CLIError(
-                    f"--ensemble run '{path}' differs from '{args.run}' in its "
-                    f"{field.replace('_', ' ')}: the runs of an ensemble must be fitted "
-                    f"to the same data with the same options but --seed")
-        same_grn = (grn is None) == (other_grn is None) and (
-            grn is None or _same_file(grn, other_grn))
-        if not (_same_file(lr_pairs, other_lr) and same_grn):
-            raise CLIError(f"--ensemble run '{path}' was fitted with other prior tables "
-                           f"(--lr-pairs / --grn) than '{args.run}'")
+        real = os.path.realpath(path)
+        if real in seen:
+            raise CLIError(f"--ensemble names the run '{path}' twice (also as "
+                           f"'{seen[real]}'): give each run once")
+        seen[real] = path
+        try:
+            other, model, other_lr, other_grn = _load_run(path, device)
+        except CLIError as err:
+            raise CLIError(f'--ensemble: {err}') from None
+        _check_ensemble_run(args, path, run, other, (lr_pairs, grn), (other_lr, other_grn))
+        seed = (other.get('fit') or {}).get('seed')
+        if seed is not None and seed in seeds:
+            raise CLIError(f"--ensemble run '{path}' was fitted with the same --seed "
+                           f"{seed} as '{seeds[seed]}': an ensemble needs runs of other "
+                           f"seeds")
+        seeds[seed] = path
         models.append(model)
     return models
 
@@ -1259,11 +1298,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "(layers['KEY_pred']), the interaction tables (uns['KEY']) "
                           'and the per-edge signalling strengths (obsp) into OUT.')
     _add_run_inputs(pred)
-    pred.add_argument('--ensemble', nargs='+', default=None, metavar='RUN',
-                      help='Further runs fitted to the same data with the same options '
-                           'but --seed: the predictions and interaction strengths are '
-                           "the mean over all runs (uns['KEY'] tables gain "
-                           'abs_score_sd, the spread over the runs).')
+    pred.add_argument('--ensemble', nargs='+', action='extend', default=None,
+                      metavar='RUN',
+                      help='Further runs fitted to the same data, panel, keys, graph and '
+                           'priors with other --seed (after DATA: predict RUN DATA '
+                           '--ensemble RUN1 RUN2 --out OUT): the predictions and '
+                           "interaction strengths are the mean over all runs (uns['KEY'] "
+                           'tables gain abs_score_sd, the spread over the runs).')
     pred.add_argument('--method', default='jacobian', choices=('jacobian', 'attention'),
                       help='How interaction strengths are measured: exact per-edge '
                            'Jacobians or attention weights.')

@@ -102,16 +102,28 @@ def test_predict_ensemble_of_runs(chain, capsys):
     pred, single = ad.read_h5ad(out), ad.read_h5ad(root / 'pred.h5ad')
     assert pred.uns['staged']['params']['ensemble_size'] == 2
     assert 'abs_score_sd' in pred.uns['staged']['intracellular'].columns
-    assert not np.allclose(pred.layers['staged_pred'], single.layers['staged_pred'])
-    # a run of other options is refused, in one line, before any prediction
-    other = root / 'RUN_other'
-    assert main(fit_args + ['--out', str(other), '--k', '4']) == 0
-    capsys.readouterr()
-    code = main(['predict', str(run), str(data), '--ensemble', str(other), '--out',
-                 str(root / 'x.h5ad'), '--quiet'])
-    err = capsys.readouterr().err
-    assert code == 2 and 'differs from' in err and 'graph' in err, err
-    assert not (root / 'x.h5ad').exists()
+    assert not np.allclose(pred.layers['staged_pred'], single.layers['staged_pred'],
+                           equal_nan=True)
+    # refused in one line, before any prediction: a run of another graph, the same
+    # run twice, a run of the same seed
+    other, same_seed = root / 'RUN_other', root / 'RUN_same_seed'
+    assert main(fit_args + ['--out', str(other), '--k', '4', '--seed', '5']) == 0
+    assert main(fit_args + ['--out', str(same_seed)]) == 0  # --seed 0, as RUN
+    for runs, needle in (([str(other)], "in its graph (k 5 vs 4)"),
+                         ([str(run2), str(run)], 'twice'),
+                         ([str(same_seed)], 'the same --seed 0')):
+        capsys.readouterr()
+        code = main(['predict', str(run), str(data), '--ensemble', *runs, '--out',
+                     str(root / 'x.h5ad')])
+        err = capsys.readouterr().err
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+        assert 'predicting' not in err and not (root / 'x.h5ad').exists()
+
+
+def test_predict_ensemble_flag_may_repeat():
+    args = build_parser().parse_args(['predict', 'RUN', 'data.h5ad', '--ensemble', 'R1',
+                                      '--ensemble', 'R2', 'R3', '--out', 'o.h5ad'])
+    assert args.ensemble == ['R1', 'R2', 'R3'] and args.run == 'RUN'
 
 
 def test_perturb_writes_layers_and_response_curves(chain):
@@ -298,7 +310,8 @@ def test_snapshots_chain(tmp_path, capsys):
     capsys.readouterr()
     assert main(['predict', str(run), str(data), '--ensemble', str(spatial), '--out',
                  str(tmp_path / 'bad.h5ad'), '--quiet']) == 2
-    assert 'differs from' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert 'differs from' in err and 'in its snapshots (alpha_spatial' in err, err
 
 
 def test_snapshot_predict_lands_on_every_input_row(tmp_path):
