@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from torch_staged import perturb
-from torch_staged._benchmark import RESTART_SEED_STEP, check_restarts, fit_staged, make_task
+from torch_staged._benchmark import check_restarts, fit_ensemble, make_task
 from torch_staged.datasets import lateral_inhibition
 from torch_staged.sim import graph_from_simulation
 
@@ -49,12 +49,7 @@ def knockout_response(seed: int, ligand: str = 'Delta', receptor: str = 'Notch',
     base = _true_trajectories(seed, None)
     true = _true_trajectories(seed, ligand) - base
     r = list(task.data.gene_names).index(receptor)
-    models, seconds = [], 0.0
-    for k in range(restarts):
-        model, wall, _ = fit_staged(task, 'staged', seed + RESTART_SEED_STEP * k,
-                                    model_kwargs)
-        models.append(model)
-        seconds += wall
+    models, seconds, _ = fit_ensemble(task, 'staged', seed, restarts, model_kwargs)
     result = perturb(models, task.data, base[0], task.t, knockout=ligand)  # the mean
     model_d, true_d = result.delta[1:, :, r].double(), true[1:, :, r].double()
     moved = true_d.abs() > threshold

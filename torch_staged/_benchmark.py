@@ -141,6 +141,22 @@ def check_restarts(restarts) -> int:
     return restarts
 
 
+def fit_ensemble(task: Task, model_name: str, seed: int, restarts: int = 1,
+                 model_kwargs: Optional[Dict] = None, **fit_kwargs):
+    """:obj:`restarts` fits of :func:`fit_staged`, member k from the seed
+    ``seed + 100 k`` (member 0 is the single fit). Returns the models and the
+    summed wall and CPU seconds.
+    """
+    check_restarts(restarts)
+    models, seconds, cpu = [], 0.0, 0.0
+    for k in range(restarts):
+        model, wall, used = fit_staged(task, model_name, seed + RESTART_SEED_STEP * k,
+                                       model_kwargs, **fit_kwargs)
+        models.append(model)
+        seconds, cpu = seconds + wall, cpu + used
+    return models, seconds, cpu
+
+
 def run_staged(task: Task, model_name: str, seed: int,
                model_kwargs: Optional[Dict] = None, restarts: int = 1,
                **fit_kwargs) -> Dict:
@@ -151,14 +167,9 @@ def run_staged(task: Task, model_name: str, seed: int,
     :func:`~torch_staged.interpret.interaction_tables`); ``fit_seconds`` and
     ``fit_cpu_seconds`` are then the members' sums.
     """
-    check_restarts(restarts)
     data, X, t, last = task.data, task.X, task.t, task.last
-    models, seconds, cpu = [], 0.0, 0.0
-    for k in range(restarts):
-        model, wall, used = fit_staged(task, model_name, seed + RESTART_SEED_STEP * k,
-                                       model_kwargs, **fit_kwargs)
-        models.append(model)
-        seconds, cpu = seconds + wall, cpu + used
+    models, seconds, cpu = fit_ensemble(task, model_name, seed, restarts, model_kwargs,
+                                        **fit_kwargs)
     with torch.no_grad():
         heldout = torch.stack([m(data, t[last:], X[last])[1:] for m in models]).mean(0)
         rollout = torch.stack([m(data, t, X[0])[1:] for m in models]).mean(0)

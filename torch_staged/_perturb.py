@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from torch_staged.data.tissue_data import TissueData
-from torch_staged.interpret._tables import _check_members, ensemble_members
+from torch_staged.interpret._tables import check_ensemble, ensemble_members
 from torch_staged.typing import CELL, GENE, SIGNALS
 
 GeneSpec = Union[str, Sequence[str]]
@@ -143,22 +143,6 @@ def _gene_ids(data: TissueData, genes: Sequence[str], what: str) -> list:
     return [names.index(g) for g in genes]
 
 
-def _check_ensemble(models: list, data: TissueData) -> None:
-    """Raises before any solve unless the members are models of this tissue on
-    one device, with one dtype.
-    """
-    if not all(isinstance(m, torch.nn.Module) for m in models):
-        kinds = sorted({type(m).__name__ for m in models})
-        raise TypeError(f"An ensemble is a flat list of fitted STAGED models (got "
-                        f"members of type {kinds})")
-    _check_members(models, data)
-    kinds = {(m.func.decay.device, m.func.decay.dtype) for m in models}
-    if len(kinds) > 1:
-        raise ValueError(f"The models of the ensemble are on different devices or "
-                         f"dtypes ({sorted(map(str, kinds))}): move them to one with "
-                         f"model.to(device, dtype)")
-
-
 def perturb(
     model,
     data: TissueData,
@@ -213,7 +197,7 @@ def perturb(
     """
     models = ensemble_members(model)
     if len(models) > 1:
-        _check_ensemble(models, data)
+        check_ensemble(models, data)
         options = dict(knockout=knockout, overexpress=overexpress, cells=cells,
                        cell_types=cell_types, remove_senders=remove_senders,
                        lr_pairs=None if lr_pairs is None else [tuple(p) for p in lr_pairs])

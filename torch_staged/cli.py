@@ -898,7 +898,7 @@ def _predict(args: argparse.Namespace) -> None:
     adata, _, traj = _read_for_run(args, run, lr_pairs, grn)
     what = f'an ensemble of {len(models)} runs' if len(models) > 1 else 'the run'
     _log(args, f'predicting {traj.num_cells} cells x {traj.num_times} times with {what} ...')
-    out = write_results(adata, models if len(models) > 1 else model, traj,
+    out = write_results(adata, models, traj,
                         key_added=args.key_added,
                         method=args.method, model_genes=run['genes'],
                         model_cell_types=run['cell_types'])

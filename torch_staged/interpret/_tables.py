@@ -112,10 +112,15 @@ def _members(model, scores) -> Tuple[list, Optional[List[Scores]]]:
     return models, members
 
 
-def _check_members(models: list, data: TissueData) -> None:
-    """Raises unless every member is a STAGED model of this tissue's gene panel
-    that knows its cell types, all of the same variant (the same relations).
+def check_ensemble(models: list, data: TissueData) -> None:
+    """Raises unless :obj:`models` is a flat list of STAGED models of this
+    tissue's gene panel that know its cell types, of one variant (the same
+    relations), on one device with one dtype.
     """
+    if not all(isinstance(m, torch.nn.Module) for m in models):
+        kinds = sorted({type(m).__name__ for m in models})
+        raise TypeError(f"'model' must be a fitted STAGED model or a flat list of "
+                        f"them, an ensemble (got members of type {kinds})")
     relations = set()
     for k, member in enumerate(models):
         func = getattr(member, 'func', None)
@@ -130,6 +135,11 @@ def _check_members(models: list, data: TissueData) -> None:
         raise ValueError(f"The models of the ensemble have different relations "
                          f"({sorted(relations)}): every model of an ensemble must be "
                          f"the same variant")
+    kinds = {(m.func.decay.device, m.func.decay.dtype) for m in models}
+    if len(kinds) > 1:
+        raise ValueError(f"The models of the ensemble are on different devices or "
+                         f"dtypes ({sorted(map(str, kinds))}): move them to one with "
+                         f"model.to(device, dtype)")
 
 
 def _group(columns: Dict[str, np.ndarray], values: List[np.ndarray]) -> pd.DataFrame:
@@ -210,7 +220,7 @@ def interaction_tables(model, data: TissueData, states: Optional[Tensor] = None,
     models, members = _members(model, scores)
     if members is None:
         if len(models) > 1:
-            _check_members(models, data)
+            check_ensemble(models, data)
         members = [edge_scores(m, data, states, method) for m in models]
     genes = np.asarray(data.gene_names)
     types = np.asarray(data.cell_type_names)

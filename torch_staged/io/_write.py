@@ -10,7 +10,7 @@ from scipy import sparse
 from torch import Tensor
 
 from torch_staged.interpret import edge_scores, interaction_tables
-from torch_staged.interpret._tables import METHODS, ensemble_members
+from torch_staged.interpret._tables import METHODS, check_ensemble, ensemble_members
 from torch_staged.io._constants import Key
 from torch_staged.io._read import Trajectories, _cell_values, cell_positions
 from torch_staged.io._validate import (
@@ -122,41 +122,28 @@ def _scatter_pairs(score: Tensor, cell: Tensor, lr: Tensor, num_cells: int,
                                                                      num_pairs)
 
 
-def _members(model, genes, cell_types, model_genes, model_cell_types) -> list:
+def _members(model, traj: Trajectories, model_genes, model_cell_types) -> list:
     """The checked models of a single fitted model or of an ensemble."""
     models = ensemble_members(model)
     for k, member in enumerate(models):
         try:
-            check_model(member, genes, cell_types, model_genes, model_cell_types)
+            check_model(member, traj.genes, traj.cell_types, model_genes,
+                        model_cell_types)
         except ValueError as err:
             if len(models) == 1:
                 raise
             raise ValueError(f"Model {k} of the ensemble: {err}") from None
-        if not isinstance(member, torch.nn.Module) or next(
-                member.parameters(), None) is None:
-            raise TypeError(f"'model' must be a fitted STAGED model or a list of them "
-                            f"(got {type(member).__name__})")
-    devices = {next(m.parameters()).device for m in models}
-    if len(devices) > 1:
-        raise ValueError(f"The models of the ensemble are on different devices "
-                         f"({sorted(map(str, devices))}): move them to one with "
-                         f"model.to(device)")
+    check_ensemble(models, traj.data)
     return models
 
 
-def _signal_strength(models: list, data, state: Tensor, method: str
-                     ) -> Optional[Tensor]:
-    """``[E_signals]`` mean over the members of :math:`|s_e|` at :obj:`state`
-    (:obj:`None` without signalling scores).
+def _mean_abs(scores: list, relation) -> Optional[Tensor]:
+    """``[E_r]`` mean over the members' score dicts of :math:`|s_e|`
+    (:obj:`None` if they have no scores of :obj:`relation`).
     """
-    total = None
-    for m in models:
-        scores = edge_scores(m, data, state, method)
-        if SIGNALS not in scores:
-            return None
-        value = scores[SIGNALS].detach().abs()
-        total = value if total is None else total + value
-    return total / len(models)
+    if any(relation not in m for m in scores):
+        return None
+    return torch.stack([m[relation].detach().abs() for m in scores]).mean(0)
 
 
 def write_results(
@@ -261,7 +248,7 @@ def write_results(
     if method not in METHODS:
         raise ValueError(f"'method' must be one of {METHODS} (got {method!r})")
     traj = trajectories
-    models = _members(model, traj.genes, traj.cell_types, model_genes, model_cell_types)
+    models = _members(model, traj, model_genes, model_cell_types)
     var_index = pd.Index([str(g) for g in adata.var_names]).get_indexer(traj.genes)
     if (var_index < 0).any():
         absent = [g for g, i in zip(traj.genes, var_index) if i < 0]
@@ -296,14 +283,16 @@ def write_results(
     try:
         with torch.no_grad():
             pred = torch.stack([m(data, traj.t.to(param), X[0]) for m in models]).mean(0)
-        intra, inter = interaction_tables(models if len(models) > 1 else models[0],
-                                          data, X, method)
         incoming = torch.zeros(T, N, L, dtype=param.dtype)
         outgoing = torch.zeros(T, N, L, dtype=param.dtype)
         links = []  # per time: (sender cell, receiver cell, strength), input order
         n_id = data[CELL].n_id.cpu()
+        totals: list = [None] * len(models)  # per member: the sum over times
         for k in range(T):
-            score = (_signal_strength(models, data, X[k], method)
+            scores = [edge_scores(m, data, X[k], method) for m in models]
+            totals = [now if total is None else {r: total[r] + now[r] for r in total}
+                      for total, now in zip(totals, scores)]
+            score = (_mean_abs(scores, SIGNALS)
                      if L and data[SIGNALS].num_edges else None)
             if score is None:
                 links.append(None)
@@ -315,6 +304,9 @@ def write_results(
             outgoing[k] = _scatter_pairs(score, src, lr, N, L)
             links.append((n_id[src].numpy(), n_id[dst].numpy(),
                           score.double().numpy()))
+        # the tables over all times: edge_scores(m, data, X), without a second pass
+        intra, inter = interaction_tables(
+            models, data, scores=[{r: v / T for r, v in total.items()} for total in totals])
     finally:
         for m, mode in zip(models, was_training):
             m.train(mode)
