@@ -25,6 +25,8 @@ import time
 from typing import List, Optional
 
 from torch_staged._atomic import in_main_thread, write_json_atomic
+from torch_staged._demo import ALL_MODELS as DEMO_ALL_MODELS
+from torch_staged._demo import MODELS as DEMO_MODELS
 
 #: Format tag of ``run.json``.
 RUN_FORMAT = 'torch_staged.run/1'
@@ -1020,7 +1022,8 @@ def _demo(args: argparse.Namespace) -> None:
         raise CLIError(f"--jobs must be a positive integer (got {args.jobs})")
     metrics = run_demo(args.out, epochs=args.epochs, holdout=args.holdout, seed=args.seed,
                        progress=not args.quiet, num_cells=args.cells,
-                       num_genes=args.genes, jobs=args.jobs)
+                       num_genes=args.genes, jobs=args.jobs,
+                       models=tuple(dict.fromkeys(args.models)))
     print(summary_table(metrics))
     print(f'metrics and figures written to {args.out}/')
 
@@ -1183,7 +1186,7 @@ _pair_dim = _word_or_number('full', int, 'an integer')
 
 
 def _add_fit_training(fitp) -> None:
-    fitp.add_argument('--epochs', type=int, default=1000,
+    fitp.add_argument('--epochs', type=int, default=2000,
                       help='Epochs to train (with --resume: the new total).')
     fitp.add_argument('--lr', type=float, default=0.03, help='Adam learning rate.')
     fitp.add_argument('--loss', default='derivative',
@@ -1316,13 +1319,17 @@ def build_parser() -> argparse.ArgumentParser:
                           help='Fit STAGED end to end on built-in simulated data and '
                           'write metrics and figures.',
                           description='Simulate the default ground-truth tissue, fit '
-                          'STAGED and two baselines, and write metrics.json, '
-                          'checkpoints and figures to OUT.')
+                          'STAGED and its cell-autonomous ablation (no_signalling), '
+                          'score them and the simple baselines, and write '
+                          'metrics.json, checkpoints and figures to OUT.')
     demo.add_argument('--out', default='runs/demo', help='Output folder.')
     demo.add_argument('--cells', type=int, default=300, help='Simulated cells.')
     demo.add_argument('--genes', type=int, default=20, help='Simulated genes.')
     demo.add_argument('--epochs', type=int, default=None,
                       help="Epochs of each fit (default: fit()'s).")
+    demo.add_argument('--models', nargs='+', default=list(DEMO_MODELS),
+                      choices=list(DEMO_ALL_MODELS), metavar='MODEL',
+                      help=f'Models to fit: any of {list(DEMO_ALL_MODELS)}.')
     demo.add_argument('--jobs', type=int, default=None,
                       help='Fits (and the baselines) run in this many parallel '
                            'processes of one thread each (default: one per core).')

@@ -39,7 +39,8 @@ def test_demo_command_writes_metrics_and_figures(tmp_path):
     for jobs in (1, 2):  # in this process, and fits in parallel worker processes
         out = tmp_path / f'demo{jobs}'
         code = main(['demo', '--out', str(out), '--epochs', '2', '--quiet', '--cells',
-                     '40', '--genes', '16', '--jobs', str(jobs)])
+                     '40', '--genes', '16', '--jobs', str(jobs),
+                     '--models', 'staged', 'no_signalling', 'no_attention'])
         assert code == 0
         runs[jobs] = json.loads((out / 'metrics.json').read_text())
     assert runs[2]['jobs'] == 2 and runs[1]['jobs'] == 1

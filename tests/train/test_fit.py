@@ -125,15 +125,16 @@ def test_gene_weights_scale_each_gene_by_its_rate_sd():
 
 
 def test_checkpoint_round_trip_and_bitwise_resume(tmp_path):
+    # a constant rate: the first 2 epochs of a 4-epoch run are a 2-epoch run
     data, X, t = _small_problem()
     straight = _student()
     fit(straight, data, X, t, epochs=4, cell_order='graph', progress=False,
-        restore_best=False, seed=3)
+        restore_best=False, seed=3, scheduler=None)
 
     first = _student()
     ckpt = tmp_path / 'run' / 'ckpt.pt'
     fit(first, data, X, t, epochs=2, cell_order='graph', progress=False,
-        restore_best=False, seed=3, checkpoint=ckpt)
+        restore_best=False, seed=3, checkpoint=ckpt, scheduler=None)
     assert ckpt.exists() and not list(ckpt.parent.glob('.ckpt-*'))  # atomic
     state = torch.load(ckpt, weights_only=True)  # plain tensors and values only
     assert state['epoch'] == 1 and len(state['history']) == 2
@@ -141,13 +142,55 @@ def test_checkpoint_round_trip_and_bitwise_resume(tmp_path):
 
     resumed = _student()
     result = fit(resumed, data, X, t, epochs=4, cell_order='graph', progress=False,
-                 restore_best=False, seed=3, resume=ckpt)
+                 restore_best=False, seed=3, resume=ckpt, scheduler=None)
     assert len(result.history) == 4
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
 
     model, loaded = load_model(ckpt)
     assert isinstance(model, STAGED) and loaded['epoch'] == 1
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupt_after(epoch):
+    def callback(record):
+        if record['epoch'] == epoch:
+            raise _Interrupt
+    return callback
+
+
+def test_cosine_schedule_resumes_bitwise_and_follows_a_new_total(tmp_path):
+    data, X, t = _small_problem()
+    kwargs = dict(cell_order='graph', progress=False, restore_best=False, seed=3,
+                  lr=0.02, scheduler='cosine')
+
+    def cosine(epoch, total):  # the rate of epoch `epoch` of `total`
+        return 0.02 * 0.5 * (1 + np.cos(np.pi * min(epoch, total) / total))
+
+    straight = _student()
+    ref = fit(straight, data, X, t, epochs=4, **kwargs)
+    # each record holds the rate of the next epoch; the last is 0
+    assert [r['lr'] for r in ref.history] == pytest.approx(
+        [cosine(e + 1, 4) for e in range(4)], abs=1e-12)
+
+    ckpt = tmp_path / 'ckpt.pt'
+    with pytest.raises(_Interrupt):  # a 4-epoch run stopped after epoch 2
+        fit(_student(), data, X, t, epochs=4, checkpoint=ckpt,
+            callback=_interrupt_after(1), **kwargs)
+    resumed = _student()
+    fit(resumed, data, X, t, epochs=4, resume=ckpt, **kwargs)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+    longer = _student()  # resumed with a new total: that total's schedule
+    result = fit(longer, data, X, t, epochs=8, resume=ckpt, **kwargs)
+    assert len(result.history) == 8
+    assert [r['lr'] for r in result.history[2:]] == pytest.approx(
+        [cosine(e + 1, 8) for e in range(2, 8)], abs=1e-12)
+    assert not torch.equal(longer.func.weight1, resumed.func.weight1)
 
 
 def test_checkpoint_refuses_code(tmp_path):

@@ -239,6 +239,41 @@ def _gene_weights(units: List[_Unit], times: Tensor, last_train: int,
     return [w.index_select(0, _weight_keys(u, by_type).to(device)) for u in units]
 
 
+class _Cosine:
+    r"""The factor :math:`\tfrac12 (1 + \cos(\pi e / E))` of the learning rate
+    at epoch :math:`e` of :math:`E` (0 from :math:`E` on). A closed form of
+    the current total, so that a run resumed with more epochs follows the
+    schedule of its new total (its learning rate rises again from where that
+    schedule is), and an interrupted run resumed with the same total follows
+    the schedule it would have followed.
+    """
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def __call__(self, epoch: int) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * min(epoch, self.epochs) / self.epochs))
+
+
+def _load_scheduler(sched, state: Dict[str, Any], epochs: int) -> None:
+    """Restores a scheduler's state; a cosine schedule keeps the current total
+    :obj:`epochs` (its checkpoint may hold another, or be a
+    ``CosineAnnealingLR`` of earlier versions) and sets the learning rate of the
+    next epoch from it.
+    """
+    if not isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
+        sched.load_state_dict(state)
+        return
+    sched.last_epoch = int(state['last_epoch'])
+    sched.base_lrs = list(state['base_lrs'])
+    for cosine in sched.lr_lambdas:
+        cosine.epochs = epochs
+    lrs = [base * fn(sched.last_epoch) for base, fn in zip(sched.base_lrs, sched.lr_lambdas)]
+    for group, lr in zip(sched.optimizer.param_groups, lrs):
+        group['lr'] = lr
+    sched._last_lr = lrs
+
+
 def _json_ready(value):
     if isinstance(value, dict):
         return {k: _json_ready(v) for k, v in value.items()}
@@ -431,10 +466,10 @@ def fit(
     loss: str = 'derivative',
     window: int = 4,
     batch_intervals: bool = True,
-    epochs: int = 1000,
+    epochs: int = 2000,
     lr: float = 3e-2,
     weight_decay: float = 0.0,
-    scheduler: Optional[str] = None,
+    scheduler: Optional[str] = 'cosine',
     clip_grad: Optional[float] = 1.0,
     holdout: Optional[str] = None,
     holdout_size: Union[int, float] = 1,
@@ -506,11 +541,15 @@ def fit(
             per graph: a job is then a graph, not a (graph, interval) pair.
             Memory grows with the number of intervals; :obj:`False` solves them
             one by one, one step each. (default: :obj:`True`)
-        epochs (int, optional): Maximum number of epochs. (default: :obj:`1000`)
+        epochs (int, optional): Maximum number of epochs. (default: :obj:`2000`)
         lr (float, optional): Learning rate. (default: :obj:`3e-2`)
         weight_decay (float, optional): Adam weight decay. (default: :obj:`0`)
-        scheduler (str, optional): ``'plateau'`` (on the validation loss),
-            ``'cosine'`` or :obj:`None` (a constant rate). (default: :obj:`None`)
+        scheduler (str, optional): ``'cosine'`` (the rate falls from :obj:`lr`
+            to 0 over the :obj:`epochs` along a half cosine, so the last
+            epochs converge instead of oscillating; a run resumed with more
+            epochs follows the schedule of its new total), ``'plateau'`` (halved
+            when the monitored loss stops improving) or :obj:`None` (a constant
+            rate). (default: :obj:`'cosine'`)
         clip_grad (float, optional): Gradient-norm clipping. (default: :obj:`1.0`)
         holdout (str, optional): ``'time'``, ``'cells'`` or :obj:`None` (every
             interval trains; the monitored loss is the training loss, so
@@ -661,7 +700,7 @@ def fit(
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5,
                                                            patience=5)
     elif scheduler == 'cosine':
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, _Cosine(epochs))
     else:
         sched = None
 
@@ -686,7 +725,7 @@ def fit(
         model.load_state_dict(state['model'])
         optimizer.load_state_dict(state['optimizer'])
         if sched is not None and state.get('scheduler') is not None:
-            sched.load_state_dict(state['scheduler'])
+            _load_scheduler(sched, state['scheduler'], epochs)
         result.history = list(state['history'])
         best = state.get('best') or {}
         result.best_epoch = int(best.get('epoch', -1))

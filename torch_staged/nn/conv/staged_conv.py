@@ -386,7 +386,24 @@ class STAGEDConv(MessagePassing):
             torch.nn.init.normal_(self.pair_dst, std=std)
         if self.pair_table is not None:
             zeros(self.pair_table)
+        if self.normalize == 'gate':
+            self._silence_gates()
         self._fused_cache = None
+
+    def _silence_gates(self):
+        r"""Zeroes the score vectors that act on the node and edge terms (GAT's
+        :math:`\mathbf{a}, \mathbf{b}, \mathbf{c}`, GATv2's outer
+        :math:`\mathbf{a}`), so that every gate starts at :math:`\tanh(0) = 0`
+        (with the full pair table, also 0 at the start) and the data switch the
+        edges on. Where the data leave a direction undetermined a parameter
+        stays near its start, so an edge that no data support stays near 0
+        instead of at a random strength. Applied after the random draws, so
+        the other parameters are those of the same random start.
+        """
+        for name in ('att_src', 'att_dst', 'att_edge', 'att'):
+            param = getattr(self, name, None)
+            if param is not None:
+                zeros(param)
 
     def fuse_graph(self, graph: GraphInput, cell_type: Optional[Tensor] = None,
              edge_attr_dict: Optional[Dict[EdgeType, Tensor]] = None,
