@@ -189,3 +189,30 @@ def test_batch_of_states_needs_static_scores():
     x = torch.randn(data['gene'].num_nodes, 2, 1)
     with pytest.raises(ValueError, match='score_state=False'):
         conv(x, data)
+
+
+@pytest.mark.parametrize('attention,pair_dim,score_state', [
+    ('gat', 'full', False), ('gat', 0, True), ('gatv2', 'full', False), ('gatv2', 0, True)])
+def test_gates_start_silent_and_learn(attention, pair_dim, score_state):
+    # Every signed gate starts at tanh(0) = 0 (so does the layer's output, up to
+    # its bias), and one optimiser step switches edges on.
+    torch.manual_seed(0)
+    data = random_tissue(20, 5, num_cell_types=2, num_pairs=2, seed=1)
+    conv = STAGEDConv(1, 4, num_genes=5, num_cell_types=2, attention=attention,
+                      normalize='gate', pair_dim=pair_dim, score_state=score_state,
+                      value_channels=3)
+    x = data['gene'].x
+    out, att = conv(x, data, return_attention_weights=True)
+    assert all(bool((alpha == 0).all()) for _, alpha in att.values())
+    assert torch.equal(out, conv.bias.expand_as(out))
+    opt = torch.optim.SGD(conv.parameters(), lr=0.1)
+    target = torch.randn_like(out)
+    torch.nn.functional.mse_loss(out, target).backward()
+    opt.step()
+    _, att = conv(x, data, return_attention_weights=True)
+    assert all(bool((alpha != 0).any()) for _, alpha in att.values())
+    # softmax attention keeps GAT's random start (not uniform)
+    soft = STAGEDConv(1, 4, num_genes=5, num_cell_types=2, attention=attention)
+    _, att = soft(x, data, return_attention_weights=True)
+    alpha = att[REGULATES][1]
+    assert float(alpha.detach().std()) > 1e-3

@@ -94,6 +94,10 @@ class STAGEDConv(MessagePassing):
     target can then act with opposite signs, an edge can switch off
     (:math:`\alpha = 0`) whatever the target's other edges do, and gate values
     compare across targets and receptors (no per-target normalisation).
+    Gates start silent: their score vectors are initialised at 0, so every gate
+    starts at :math:`\tanh(0) = 0` (with the full pair table or no pair term)
+    and the data switch edges on; an edge that no data support stays near 0
+    instead of keeping a random initial strength.
     With :obj:`pair_dim` :math:`= d > 0` every score gains a gene-pair term,
     :math:`s_{uv} \mathrel{+}= \langle \mathbf{p}^{src}_{r,\tau(v),g(u)},
     \mathbf{p}^{dst}_{r,\tau(v),g(v)} \rangle` with learned factors in
