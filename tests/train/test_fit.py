@@ -15,6 +15,7 @@ from torch_staged.train import (
     load_checkpoint,
     load_model,
 )
+from torch_staged.train._checkpoint import save_checkpoint
 
 
 @pytest.mark.parametrize('kwargs', [
@@ -191,6 +192,20 @@ def test_cosine_schedule_resumes_bitwise_and_follows_a_new_total(tmp_path):
     assert [r['lr'] for r in result.history[2:]] == pytest.approx(
         [cosine(e + 1, 8) for e in range(2, 8)], abs=1e-12)
     assert not torch.equal(longer.func.weight1, resumed.func.weight1)
+
+    # a checkpoint of an earlier version (CosineAnnealingLR's state) resumes too
+    state = load_checkpoint(ckpt)
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=0.02)
+    legacy = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=4)
+    for _ in range(2):
+        opt.step()
+        legacy.step()
+    state['scheduler'] = legacy.state_dict()
+    save_checkpoint(ckpt, state)
+    again = _student()
+    fit(again, data, X, t, epochs=4, resume=ckpt, **kwargs)
+    for (name, a), b in zip(straight.state_dict().items(), again.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_checkpoint_refuses_code(tmp_path):
