@@ -236,7 +236,8 @@ RUN_FILES = (CHECKPOINT, RUN_JSON, 'metrics.json', 'history.json', 'trajectories
              'intracellular.csv', 'intercellular.csv', 'loss_curves.png',
              'signalling_heatmaps.png', 'spatial_signalling.png')
 #: ``fit`` options that ``--resume`` may change; every other one is the run's own.
-RESUME_CHANGEABLE = ('epochs', 'patience', 'device', 'threads', 'quiet', 'distributed')
+RESUME_CHANGEABLE = ('epochs', 'patience', 'device', 'threads', 'quiet', 'distributed',
+                     'checkpoint_seconds')
 #: the options of runs written before they existed, as those runs were fitted
 RESUME_LEGACY = {'state_scores': True, 'value_channels': 0, 'val_every': 1,
                  'gene_weights': 'none'}
@@ -326,6 +327,8 @@ def _check_fit_numbers(args: argparse.Namespace) -> None:
         raise CLIError(f"unknown --method '{args.method}' (one of {sorted(SOLVERS)})")
     if args.holdout < 0:
         raise CLIError(f"--holdout must be >= 0 (got {args.holdout})")
+    if not args.checkpoint_seconds >= 0:
+        raise CLIError(f"--checkpoint-seconds must be >= 0 (got {args.checkpoint_seconds})")
 
 
 def _fit_defaults() -> dict:
@@ -370,7 +373,8 @@ def _resume_args(args: argparse.Namespace) -> dict:
             raise CLIError(
                 f"{flag} {now} differs from the run's {value}: --resume continues "
                 f"'{folder}' with its own options (only --epochs, --patience, "
-                f"--device, --threads, --quiet and --distributed can change); start "
+                f"--device, --threads, --quiet, --distributed and "
+                f"--checkpoint-seconds can change); start "
                 f"over with --out {folder} --overwrite instead")
         setattr(args, key, value)
     args.out = folder
@@ -600,6 +604,7 @@ def _train(args, model, units, device, info, run: dict, main: bool):
                      resume=resume, tiles_per_step=args.tiles_per_step,
                      divergence=args.divergence or None,
                      history_path=os.path.join(args.out, 'history.json'),
+                     checkpoint_seconds=args.checkpoint_seconds or None,
                      device=device, distributed=args.distributed,
                      progress=not args.quiet and main, desc='fit')
     except KeyboardInterrupt:
@@ -1151,6 +1156,11 @@ def _add_fit_graph(fitp) -> None:
                       help='Train on square spatial tiles of this side (halo of one '
                            'neighbour hop); the unit of data parallelism (default: '
                            'the whole tissue).')
+    fitp.add_argument('--checkpoint-seconds', type=float, default=10.0,
+                      help='Write checkpoint.pt and history.json after the first '
+                           'epoch that ends this many seconds after the last write, '
+                           'and at the end (0: after every epoch). An interrupted '
+                           'run resumes from its last checkpoint.')
     fitp.add_argument('--tiles-per-step', type=int, default=1,
                       help='Tiles (jobs) per optimiser step on each process; N '
                            'processes with --distributed take the same steps as one '
@@ -1247,7 +1257,8 @@ def _add_fit(sub) -> None:
                           description='Fit STAGED on long-format AnnData (one row per '
                           'cell and time). The run directory gets run.json (written '
                           'first, with the status), checkpoint.pt and history.json '
-                          '(every epoch), metrics.json, the prior tables, the '
+                          '(every --checkpoint-seconds), metrics.json, the prior '
+                          'tables, the '
                           'interaction tables and figures. An interrupted run is '
                           'continued with --resume RUN.')
     _add_fit_inputs(fitp)

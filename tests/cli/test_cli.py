@@ -222,6 +222,9 @@ def _bad_cases(root):
                            'unrecognized'),
         'bad number': (['fit', data, '--lr-pairs', lr, '--out', 'R', '--epochs', 'x'],
                        'invalid int'),
+        'negative checkpoint seconds': (['fit', data, '--lr-pairs', lr, '--out', 'R',
+                                         '--checkpoint-seconds', '-1'],
+                                        '--checkpoint-seconds must be >= 0'),
         'bad device': (['predict', run, data, '--out', out, '--device', 'tpu'],
                        'device'),
     }

@@ -19,8 +19,9 @@ import torch
 
 from torch_staged.cli import build_parser, main
 
+# (a checkpoint after every epoch, so that an interrupt after epoch k finds k)
 FAST = ['--holdout', '2', '--k', '5', '--hidden', '8', '--mlp', '16', '--type-dim', '2',
-        '--method', 'rk4', '--step-size', '0.5', '--threads', '1']
+        '--method', 'rk4', '--step-size', '0.5', '--threads', '1', '--checkpoint-seconds', '0']
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
 
 

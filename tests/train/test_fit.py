@@ -208,6 +208,28 @@ def test_cosine_schedule_resumes_bitwise_and_follows_a_new_total(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_checkpoint_seconds_throttle_the_writes(tmp_path):
+    data, X, t = _small_problem()
+    seen = []
+
+    def look(record):  # what a reader finds on disk after each epoch
+        hist = tmp_path / 'h.json'
+        seen.append(len(json.loads(hist.read_text())['history']) if hist.exists() else 0)
+
+    kwargs = dict(cell_order='graph', progress=False, seed=3, epochs=4, callback=look)
+    fit(_student(), data, X, t, checkpoint=tmp_path / 'c.pt', history_path=tmp_path / 'h.json',
+        checkpoint_seconds=3600, **kwargs)
+    assert seen == [0, 0, 0, 4]  # only after the last epoch
+    assert load_checkpoint(tmp_path / 'c.pt')['epoch'] == 3
+    seen.clear()
+    fit(_student(), data, X, t, checkpoint=tmp_path / 'd.pt', history_path=tmp_path / 'h.json',
+        checkpoint_seconds=0, **kwargs)
+    assert seen == [1, 2, 3, 4]  # every epoch
+    for bad in (-1, 'often'):
+        with pytest.raises(ValueError, match="'checkpoint_seconds' must be a number"):
+            fit(_student(), data, X, t, checkpoint_seconds=bad, **kwargs)
+
+
 def test_checkpoint_refuses_code(tmp_path):
     class Payload:
         def __reduce__(self):
