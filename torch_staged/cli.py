@@ -575,6 +575,15 @@ def _start_run_dir(args, run: dict, stored_run: Optional[dict], model, traj, t) 
     _set_status(args.out, run, 'running')
 
 
+def _run_scheduler(ckpt: str):
+    """The learning-rate schedule a run was trained with (the constant rate of
+    runs from before 7 Dec 2026, when ``fit`` went cosine), so that a resumed
+    run continues its own.
+    """
+    from torch_staged.train import load_checkpoint
+    return (load_checkpoint(ckpt).get('fit_config') or {}).get('scheduler', 'cosine')
+
+
 def _raise_interrupt(signum, frame):  # pragma: no cover - signal handler
     raise KeyboardInterrupt
 
@@ -590,6 +599,7 @@ def _train(args, model, units, device, info, run: dict, main: bool):
 
     ckpt = os.path.join(args.out, CHECKPOINT)
     resume = ckpt if args.resume and os.path.isfile(ckpt) else None
+    schedule = {} if resume is None else {'scheduler': _run_scheduler(resume)}
     holdout = 'time' if args.holdout > 0 else None
     on_term = None
     if in_main_thread():
@@ -604,7 +614,7 @@ def _train(args, model, units, device, info, run: dict, main: bool):
                      resume=resume, tiles_per_step=args.tiles_per_step,
                      divergence=args.divergence or None,
                      history_path=os.path.join(args.out, 'history.json'),
-                     checkpoint_seconds=args.checkpoint_seconds or None,
+                     checkpoint_seconds=args.checkpoint_seconds or None, **schedule,
                      device=device, distributed=args.distributed,
                      progress=not args.quiet and main, desc='fit')
     except KeyboardInterrupt:

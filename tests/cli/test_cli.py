@@ -185,6 +185,25 @@ def test_fit_defaults_are_the_api_defaults(option):
     assert cli_default == api_default, (option, cli_default, api_default)
 
 
+def test_demo_fits_staged_and_no_signalling_by_default():
+    demo = _subparser(build_parser(), 'demo')
+    assert demo.get_default('models') == ['staged', 'no_signalling']
+    args = build_parser().parse_args(['demo', '--models', 'staged', 'no_attention'])
+    assert args.models == ['staged', 'no_attention']
+
+
+def test_resume_keeps_the_runs_schedule(tmp_path):
+    # a run from before the cosine default resumes at its constant rate
+    from torch_staged.cli import _run_scheduler
+    from torch_staged.testing import linear_coupled_tissue
+    data, X, t = linear_coupled_tissue()
+    for scheduler in (None, 'cosine', 'plateau'):
+        ckpt = tmp_path / f'{scheduler}.pt'
+        fit(STAGED(3, 2, hidden_channels=4, mlp_channels=4), data, X, t, epochs=1,
+            cell_order='graph', progress=False, checkpoint=ckpt, scheduler=scheduler)
+        assert _run_scheduler(str(ckpt)) == scheduler
+
+
 def _bad_cases(root):
     data, run = str(root / 'data.h5ad'), str(root / 'RUN')
     lr = str(root / 'data_lr_pairs.csv')

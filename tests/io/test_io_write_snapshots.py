@@ -55,6 +55,9 @@ def snapshot_fit():
     torch.manual_seed(0)
     model = STAGED(traj.num_genes, len(traj.cell_types), hidden_channels=4,
                    mlp_channels=8, method='rk4', options={'step_size': 0.5})
+    with torch.no_grad():  # the non-zero strengths of a fitted model (gates start at 0)
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
     return adata, long, traj, model
 
 

@@ -191,16 +191,18 @@ def test_batch_of_states_needs_static_scores():
         conv(x, data)
 
 
-@pytest.mark.parametrize('attention,pair_dim,score_state', [
-    ('gat', 'full', False), ('gat', 0, True), ('gatv2', 'full', False), ('gatv2', 0, True)])
-def test_gates_start_silent_and_learn(attention, pair_dim, score_state):
+@pytest.mark.parametrize('attention,pair_dim,score_state,act', [
+    ('gat', 'full', False, 'smooth_leaky_relu'),  # the default of STAGED
+    ('gat', 'full', False, 'leaky_relu'), ('gat', 0, True, 'leaky_relu'),
+    ('gatv2', 'full', False, 'smooth_leaky_relu'), ('gatv2', 0, True, 'leaky_relu')])
+def test_gates_start_silent_and_learn(attention, pair_dim, score_state, act):
     # Every signed gate starts at tanh(0) = 0 (so does the layer's output, up to
     # its bias), and one optimiser step switches edges on.
     torch.manual_seed(0)
     data = random_tissue(20, 5, num_cell_types=2, num_pairs=2, seed=1)
     conv = STAGEDConv(1, 4, num_genes=5, num_cell_types=2, attention=attention,
                       normalize='gate', pair_dim=pair_dim, score_state=score_state,
-                      value_channels=3)
+                      value_channels=3, act=act)
     x = data['gene'].x
     out, att = conv(x, data, return_attention_weights=True)
     assert all(bool((alpha == 0).all()) for _, alpha in att.values())
@@ -216,3 +218,14 @@ def test_gates_start_silent_and_learn(attention, pair_dim, score_state):
     _, att = soft(x, data, return_attention_weights=True)
     alpha = att[REGULATES][1]
     assert float(alpha.detach().std()) > 1e-3
+
+
+def test_gat_gates_without_a_pair_table_start_equal():
+    # no per-pair logit to offset the smooth score's act(0): equal, not random
+    data = random_tissue(20, 5, num_cell_types=2, num_pairs=2, seed=1)
+    conv = STAGEDConv(1, 4, num_genes=5, num_cell_types=2, normalize='gate',
+                      act='smooth_leaky_relu', score_state=False)
+    _, att = conv(data['gene'].x, data, return_attention_weights=True)
+    start = torch.tanh(conv.score_activation(torch.zeros(())))
+    for _, alpha in att.values():
+        torch.testing.assert_close(alpha.detach(), start.expand_as(alpha))

@@ -173,9 +173,9 @@ def test_cosine_schedule_resumes_bitwise_and_follows_a_new_total(tmp_path):
 
     straight = _student()
     ref = fit(straight, data, X, t, epochs=4, **kwargs)
-    # each record holds the rate of the next epoch; the last is 0
+    # each record holds its epoch's rate, from lr down towards 0
     assert [r['lr'] for r in ref.history] == pytest.approx(
-        [cosine(e + 1, 4) for e in range(4)], abs=1e-12)
+        [cosine(e, 4) for e in range(4)], abs=1e-12)
 
     ckpt = tmp_path / 'ckpt.pt'
     with pytest.raises(_Interrupt):  # a 4-epoch run stopped after epoch 2
@@ -190,7 +190,7 @@ def test_cosine_schedule_resumes_bitwise_and_follows_a_new_total(tmp_path):
     result = fit(longer, data, X, t, epochs=8, resume=ckpt, **kwargs)
     assert len(result.history) == 8
     assert [r['lr'] for r in result.history[2:]] == pytest.approx(
-        [cosine(e + 1, 8) for e in range(2, 8)], abs=1e-12)
+        [cosine(e, 8) for e in range(2, 8)], abs=1e-12)
     assert not torch.equal(longer.func.weight1, resumed.func.weight1)
 
     # a checkpoint of an earlier version (CosineAnnealingLR's state) resumes too
@@ -206,6 +206,16 @@ def test_cosine_schedule_resumes_bitwise_and_follows_a_new_total(tmp_path):
     fit(again, data, X, t, epochs=4, resume=ckpt, **kwargs)
     for (name, a), b in zip(straight.state_dict().items(), again.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+    # a checkpoint of another schedule (the constant rate of earlier defaults)
+    # is refused with what to pass, not silently switched to the cosine
+    constant = tmp_path / 'constant.pt'
+    fit(_student(), data, X, t, epochs=2, checkpoint=constant,
+        **dict(kwargs, scheduler=None))
+    with pytest.raises(ValueError, match="trained with scheduler=None, not 'cosine': "
+                                         "pass scheduler=None"):
+        fit(_student(), data, X, t, epochs=4, resume=constant, **kwargs)
+    fit(_student(), data, X, t, epochs=4, resume=constant, **dict(kwargs, scheduler=None))
 
 
 def test_checkpoint_seconds_throttle_the_writes(tmp_path):

@@ -255,6 +255,21 @@ class _Cosine:
         return 0.5 * (1.0 + math.cos(math.pi * min(epoch, self.epochs) / self.epochs))
 
 
+def _check_resumed_scheduler(state: Dict[str, Any], scheduler: Optional[str],
+                             path) -> None:
+    """Raises unless the checkpoint :obj:`state` was trained with
+    :obj:`scheduler` (checkpoints without a ``fit_config`` are not checked): a
+    schedule switched on resume would not continue the run.
+    """
+    config = state.get('fit_config') or {}
+    if 'scheduler' in config and config['scheduler'] != scheduler:
+        raise ValueError(
+            f"The checkpoint '{os.fspath(path)}' was trained with "
+            f"scheduler={config['scheduler']!r}, not {scheduler!r}: pass "
+            f"scheduler={config['scheduler']!r} to resume it (the default became "
+            f"'cosine' on 7 Dec 2026), or start a new fit")
+
+
 def _load_scheduler(sched, state: Dict[str, Any], epochs: int) -> None:
     """Restores a scheduler's state; a cosine schedule keeps the current total
     :obj:`epochs` (its checkpoint may hold another, or be a
@@ -654,13 +669,16 @@ def fit(
     does), so that the temporaries of every evaluation reuse freed memory.
 
     Returns:
-        :class:`FitResult` (history with ``train_loss``, ``val_loss``, ``lr``,
-        ``nfe``, ``seconds`` per epoch).
+        :class:`FitResult` (history with ``train_loss``, ``val_loss``, ``lr``
+        (the epoch's learning rate), ``nfe``, ``seconds`` per epoch).
 
     Raises:
         DivergenceError: The loss became non-finite or diverged (see
-            :obj:`divergence`); the last checkpoint written is of the last
-            good epoch.
+            :obj:`divergence`); the last checkpoint written is of a good
+            epoch (the last one, or with :obj:`checkpoint_seconds` at most
+            about that many seconds earlier).
+        ValueError: Among others, when :obj:`resume` names a checkpoint
+            trained with another :obj:`scheduler` (pass the checkpoint's).
     """
     if loss not in LOSS_MODES:
         raise ValueError(f"'loss' must be one of {LOSS_MODES} (got '{loss}')")
@@ -740,6 +758,7 @@ def fit(
         if state['config'] != _json_ready(model.config):
             raise ValueError("The checkpoint was written for another model config: "
                              f"{state['config']} != {model.config}")
+        _check_resumed_scheduler(state, scheduler, resume)
         model.load_state_dict(state['model'])
         optimizer.load_state_dict(state['optimizer'])
         if sched is not None and state.get('scheduler') is not None:
@@ -770,6 +789,7 @@ def fit(
                  start_scale=_largest_parameter(params) if params else 0.0)
     for epoch in bar:
         tic = time.perf_counter()
+        epoch_lr = optimizer.param_groups[0]['lr']  # this epoch's rate
         model.train()
         model.reset_nfe()
         train_loss, count = _train_epoch(loop, epoch)
@@ -801,7 +821,7 @@ def fit(
                 sched.step(monitor)
         record = dict(epoch=epoch, train_loss=train_loss,
                       val_loss=val_loss if val_loss is not None else float('nan'),
-                      lr=optimizer.param_groups[0]['lr'], nfe=nfe,
+                      lr=epoch_lr, nfe=nfe,
                       seconds=time.perf_counter() - tic)
         result.history.append(record)
         if monitor is not None and monitor < result.best_val_loss:

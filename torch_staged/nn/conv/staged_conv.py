@@ -94,10 +94,11 @@ class STAGEDConv(MessagePassing):
     target can then act with opposite signs, an edge can switch off
     (:math:`\alpha = 0`) whatever the target's other edges do, and gate values
     compare across targets and receptors (no per-target normalisation).
-    Gates start silent: their score vectors are initialised at 0, so every gate
-    starts at :math:`\tanh(0) = 0` (with the full pair table or no pair term)
-    and the data switch edges on; an edge that no data support stays near 0
-    instead of keeping a random initial strength.
+    Gates start silent: every gate starts at :math:`\tanh(0) = 0` (the score
+    vectors start at 0 and, with GAT, the full pair table at
+    :math:`-\mathrm{act}(0)`; see :meth:`_silence_gates`) and the data switch
+    edges on; an edge that no data support stays near 0 instead of keeping a
+    random initial strength.
     With :obj:`pair_dim` :math:`= d > 0` every score gains a gene-pair term,
     :math:`s_{uv} \mathrel{+}= \langle \mathbf{p}^{src}_{r,\tau(v),g(u)},
     \mathbf{p}^{dst}_{r,\tau(v),g(v)} \rangle` with learned factors in
@@ -395,19 +396,27 @@ class STAGEDConv(MessagePassing):
         self._fused_cache = None
 
     def _silence_gates(self):
-        r"""Zeroes the score vectors that act on the node and edge terms (GAT's
-        :math:`\mathbf{a}, \mathbf{b}, \mathbf{c}`, GATv2's outer
-        :math:`\mathbf{a}`), so that every gate starts at :math:`\tanh(0) = 0`
-        (with the full pair table, also 0 at the start) and the data switch the
-        edges on. Where the data leave a direction undetermined a parameter
-        stays near its start, so an edge that no data support stays near 0
-        instead of at a random strength. Applied after the random draws, so
-        the other parameters are those of the same random start.
+        r"""Starts every gate at :math:`\tanh(0) = 0`, so that the data switch
+        the edges on: the score vectors that act on the node and edge terms
+        (GAT's :math:`\mathbf{a}, \mathbf{b}, \mathbf{c}`, GATv2's outer
+        :math:`\mathbf{a}`) start at 0, and with GAT, whose score non-linearity
+        is applied to their sum (:math:`\mathrm{act}(0) \neq 0` for the
+        smooth one), the full pair table starts at :math:`-\mathrm{act}(0)`.
+        (GAT with a low-rank or no pair term: every gate starts at the same
+        :math:`\tanh(\mathrm{act}(0))`.) Where the data leave a direction
+        undetermined a parameter stays near its start, so an edge that no data
+        support stays near 0 instead of at a random strength. Applied after
+        the random draws, so the other parameters are those of the same random
+        start.
         """
         for name in ('att_src', 'att_dst', 'att_edge', 'att'):
             param = getattr(self, name, None)
             if param is not None:
                 zeros(param)
+        if self.attention == 'gat' and self.pair_table is not None:
+            with torch.no_grad():
+                start = self.score_activation(torch.zeros((), dtype=self.pair_table.dtype))
+                self.pair_table.fill_(-float(start))
 
     def fuse_graph(self, graph: GraphInput, cell_type: Optional[Tensor] = None,
              edge_attr_dict: Optional[Dict[EdgeType, Tensor]] = None,
