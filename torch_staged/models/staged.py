@@ -70,9 +70,11 @@ class STAGED(torch.nn.Module):
         normalize (str, optional): ``'softmax'`` attention or ``'gate'``
             (signed tanh gates per edge; see :class:`~torch_staged.nn.STAGEDConv`).
             Gates let regulators of one target act with opposite signs and
-            switch false prior edges off. They start silent (every gate 0):
-            on ``benchmarks/science.py`` that lifted staged_sim's GRN AUROC
-            from 0.974 to 0.982 at the same cost. (default: :obj:`'gate'`)
+            switch false prior edges off. They start equal (every gate
+            0.50, no random head start per gene pair): on
+            ``benchmarks/science.py`` that lifted staged_sim's GRN AUROC from
+            0.974 to 0.982 at the same cost (README, "How well it learns").
+            (default: :obj:`'gate'`)
         pair_dim (int or str, optional): The gene-pair score term of the layer
             (see :class:`~torch_staged.nn.STAGEDConv`): ``'full'`` (a free logit
             per prior gene pair and receiving type, :math:`2 K G^2` parameters),

@@ -94,11 +94,10 @@ class STAGEDConv(MessagePassing):
     target can then act with opposite signs, an edge can switch off
     (:math:`\alpha = 0`) whatever the target's other edges do, and gate values
     compare across targets and receptors (no per-target normalisation).
-    Gates start silent: every gate starts at :math:`\tanh(0) = 0` (the score
-    vectors start at 0 and, with GAT, the full pair table at
-    :math:`-\mathrm{act}(0)`; see :meth:`_silence_gates`) and the data switch
-    edges on; an edge that no data support stays near 0 instead of keeping a
-    random initial strength.
+    Gates start equal: the score vectors start at 0, so every gate starts at
+    the same value (:meth:`_start_gates_equal`: 0.50 with the defaults of
+    :class:`~torch_staged.models.STAGED`) and the data tell the edges apart;
+    no edge keeps a random initial strength that the data do not correct.
     With :obj:`pair_dim` :math:`= d > 0` every score gains a gene-pair term,
     :math:`s_{uv} \mathrel{+}= \langle \mathbf{p}^{src}_{r,\tau(v),g(u)},
     \mathbf{p}^{dst}_{r,\tau(v),g(v)} \rangle` with learned factors in
@@ -392,31 +391,26 @@ class STAGEDConv(MessagePassing):
         if self.pair_table is not None:
             zeros(self.pair_table)
         if self.normalize == 'gate':
-            self._silence_gates()
+            self._start_gates_equal()
         self._fused_cache = None
 
-    def _silence_gates(self):
-        r"""Starts every gate at :math:`\tanh(0) = 0`, so that the data switch
-        the edges on: the score vectors that act on the node and edge terms
-        (GAT's :math:`\mathbf{a}, \mathbf{b}, \mathbf{c}`, GATv2's outer
-        :math:`\mathbf{a}`) start at 0, and with GAT, whose score non-linearity
-        is applied to their sum (:math:`\mathrm{act}(0) \neq 0` for the
-        smooth one), the full pair table starts at :math:`-\mathrm{act}(0)`.
-        (GAT with a low-rank or no pair term: every gate starts at the same
-        :math:`\tanh(\mathrm{act}(0))`.) Where the data leave a direction
-        undetermined a parameter stays near its start, so an edge that no data
-        support stays near 0 instead of at a random strength. Applied after
-        the random draws, so the other parameters are those of the same random
-        start.
+    def _start_gates_equal(self):
+        r"""Zeroes the score vectors that act on the node and edge terms (GAT's
+        :math:`\mathbf{a}, \mathbf{b}, \mathbf{c}`, GATv2's outer
+        :math:`\mathbf{a}`), so that, with the full pair table (which starts
+        at 0) or no pair term, every gate starts at the same value
+        :math:`\tanh(\mathrm{act}(0))`: 0.50 with GAT's smooth score
+        non-linearity (applied to the summed score, :math:`\mathrm{act}(0) =
+        (1 - s) \ln 2`), 0 with ``'leaky_relu'`` or GATv2. No gene pair starts
+        with a random head start: where the data leave a direction undetermined
+        a parameter stays near its start, and a random start would stay as a
+        random strength. Applied after the random draws, so the other
+        parameters are those of the same random start.
         """
         for name in ('att_src', 'att_dst', 'att_edge', 'att'):
             param = getattr(self, name, None)
             if param is not None:
                 zeros(param)
-        if self.attention == 'gat' and self.pair_table is not None:
-            with torch.no_grad():
-                start = self.score_activation(torch.zeros((), dtype=self.pair_table.dtype))
-                self.pair_table.fill_(-float(start))
 
     def fuse_graph(self, graph: GraphInput, cell_type: Optional[Tensor] = None,
              edge_attr_dict: Optional[Dict[EdgeType, Tensor]] = None,
