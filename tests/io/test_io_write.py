@@ -10,23 +10,17 @@ from scipy import sparse
 from torch_staged.interpret import interaction_tables
 from torch_staged.io import Key, read_trajectories, write_results
 from torch_staged.models import STAGED
+from torch_staged.testing import perturb_parameters
 
 LR_PAIRS = pd.DataFrame({'ligand': ['L0', 'L1'], 'receptor': ['R0', 'R1']})
 
 
-def _learned(model, scale=0.3):
-    # A fresh model's gates start silent (all 0): perturb every parameter so
-    # that it has the non-zero strengths of a fitted one.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn_like(p))
-    return model
-
-
 def _model(num_genes=6, num_types=3, **kwargs):
     torch.manual_seed(0)
-    return _learned(STAGED(num_genes, num_types, hidden_channels=4, mlp_channels=8,
-                           method='rk4', options={'step_size': 0.25}, **kwargs))
+    # unequal strengths, as a fitted model's (a fresh one's gates all start alike)
+    return perturb_parameters(STAGED(num_genes, num_types, hidden_channels=4,
+                                     mlp_channels=8, method='rk4',
+                                     options={'step_size': 0.25}, **kwargs))
 
 
 @pytest.fixture
@@ -154,8 +148,8 @@ def test_fit_then_write_and_unmatched_rows(fitted):
 def test_ensemble_writes_the_members_means(fitted, unchanged, tmp_path):
     adata, traj, model = fitted
     torch.manual_seed(1)
-    other = _learned(STAGED(6, 3, hidden_channels=4, mlp_channels=8, method='rk4',
-                            options={'step_size': 0.25}))
+    other = perturb_parameters(STAGED(6, 3, hidden_channels=4, mlp_channels=8,
+                                      method='rk4', options={'step_size': 0.25}))
     singles = [write_results(adata, m, traj) for m in (model, other)]
     with unchanged(adata):
         out = write_results(adata, [model, other], traj)

@@ -11,6 +11,7 @@ from scipy import sparse
 from torch_staged.io import read_trajectories, write_results
 from torch_staged.models import STAGED
 from torch_staged.sim import simulate_tissue
+from torch_staged.testing import perturb_parameters
 from torch_staged.trajectory import infer_trajectories
 
 
@@ -55,9 +56,7 @@ def snapshot_fit():
     torch.manual_seed(0)
     model = STAGED(traj.num_genes, len(traj.cell_types), hidden_channels=4,
                    mlp_channels=8, method='rk4', options={'step_size': 0.5})
-    with torch.no_grad():  # the non-zero strengths of a fitted model (gates start at 0)
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn_like(p))
+    perturb_parameters(model)  # unequal strengths, as a fitted model's
     return adata, long, traj, model
 
 

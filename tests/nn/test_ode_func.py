@@ -2,17 +2,8 @@ import pytest
 import torch
 
 from torch_staged.nn import STAGEDODEFunc
-from torch_staged.testing import random_tissue
+from torch_staged.testing import perturb_parameters, random_tissue
 from torch_staged.typing import RELATIONS
-
-
-def _randomise(module, scale=0.3):
-    # Signed gates start silent (every score vector at 0): perturb all
-    # parameters so that every edge carries a non-zero derivative.
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn_like(p))
-    return module
 
 
 @pytest.mark.parametrize('attention,type_dim,extra', [
@@ -28,7 +19,8 @@ def test_edge_jacobian_equals_autograd_jacobian(attention, type_dim, extra, auto
     torch.manual_seed(0)
     data = random_tissue(10, 4, seed=0, autocrine=autocrine)
     func = STAGEDODEFunc(4, 3, attention=attention, heads=2, type_dim=type_dim, **extra)
-    func = _randomise(func).double().set_graph(data)
+    # (GATv2's signed gates start at 0: every edge needs a non-zero derivative)
+    func = perturb_parameters(func).double().set_graph(data)
     n = data['gene'].num_nodes
     x = torch.randn(n, 1, dtype=torch.float64)
     full = torch.autograd.functional.jacobian(
@@ -83,9 +75,7 @@ def test_vector_field_equals_its_formula_float64(extra):
     torch.manual_seed(0)
     data = random_tissue(12, 4, num_cell_types=3, num_pairs=2, seed=5)
     func = STAGEDODEFunc(4, 3, type_dim=2, **extra).double().set_graph(data)
-    with torch.no_grad():
-        for p in func.parameters():
-            p.add_(0.2 * torch.randn_like(p))
+    perturb_parameters(func, 0.2)
     n = data['gene'].num_nodes
     x = torch.randn(n, 1, dtype=torch.float64, requires_grad=True)
     fused = func.graph  # node order
@@ -149,9 +139,7 @@ def test_folded_values_equal_the_messages_float64(extra):
     torch.manual_seed(1)
     data = random_tissue(14, 4, num_cell_types=3, num_pairs=2, autocrine=True, seed=3)
     func = STAGEDODEFunc(4, 3, type_dim=2, **extra).double().set_graph(data)
-    with torch.no_grad():
-        for p in func.parameters():
-            p.add_(0.2 * torch.randn_like(p))
+    perturb_parameters(func, 0.2)
     n = data['gene'].num_nodes
     states = [torch.randn(n, 1, dtype=torch.float64)]
     if not func.conv.score_state:
@@ -186,9 +174,7 @@ def test_fold_values_of_the_layer(concat, bias):
     data = random_tissue(10, 4, num_cell_types=2, seed=4)
     conv = STAGEDConv(1, 3, num_genes=4, num_cell_types=2, heads=2, concat=concat,
                       bias=bias).double()
-    with torch.no_grad():
-        for p in conv.parameters():
-            p.add_(0.3 * torch.randn_like(p))
+    perturb_parameters(conv)
     x = torch.randn(data['gene'].num_nodes, 1, dtype=torch.float64)
     out = conv(x, data)
     sources = conv(x, data, apply_values=False)

@@ -2,15 +2,8 @@ import pytest
 import torch
 
 from torch_staged.nn import STAGEDConv
-from torch_staged.testing import dense_staged_conv, random_tissue
+from torch_staged.testing import dense_staged_conv, perturb_parameters, random_tissue
 from torch_staged.typing import REGULATES, RELATIONS, SIGNALS
-
-
-def _randomise(conv):
-    # Non-trivial bias and edge weights so that every parameter is exercised.
-    with torch.no_grad():
-        for p in conv.parameters():
-            p.add_(0.3 * torch.randn_like(p))
 
 
 @pytest.mark.parametrize('attention,act,type_dim,normalize,pair_dim,extra', [
@@ -42,7 +35,7 @@ def test_matches_dense_reference_float64(attention, act, type_dim, normalize, pa
                       concat=concat, attention=attention, act=act,
                       type_dim=type_dim, normalize=normalize,
                       pair_dim=pair_dim, **extra).double()
-    _randomise(conv)
+    perturb_parameters(conv)
     x = data['gene'].x.double().requires_grad_()
 
     out, att = conv(x, data, return_attention_weights=True)
@@ -82,9 +75,7 @@ def test_attention_is_a_distribution_per_target_and_relation():
 def test_gates_are_signed_and_unnormalised():
     data = random_tissue(30, 5, seed=3)
     conv = STAGEDConv(1, 4, num_genes=5, num_cell_types=3, heads=2, normalize='gate')
-    with torch.no_grad():
-        for p in conv.parameters():
-            p.add_(torch.randn_like(p))
+    perturb_parameters(conv, 1.0)
     _, att = conv(data['gene'].x, data, return_attention_weights=True)
     alpha = att[REGULATES][1]
     assert bool((alpha.abs() <= 1).all())
@@ -151,7 +142,7 @@ def test_batch_of_states_equals_one_by_one_float64(extra):
     data = random_tissue(12, 5, num_cell_types=2, num_pairs=2, seed=3)
     conv = STAGEDConv(1, 4, num_genes=5, num_cell_types=2, heads=2, normalize='gate',
                       score_state=False, **extra).double()
-    _randomise(conv)
+    perturb_parameters(conv)
     x = torch.randn(data['gene'].num_nodes, 3, 1, dtype=torch.float64,
                     requires_grad=True)
     out = conv(x, data)
@@ -169,7 +160,7 @@ def test_batch_aggregates_before_values_equal_one_by_one_float64():
     data = random_tissue(12, 5, num_cell_types=2, num_pairs=2, seed=3)
     conv = STAGEDConv(1, 4, num_genes=5, num_cell_types=2, heads=2, normalize='gate',
                       score_state=False, value_channels=3, value_embedding=False).double()
-    _randomise(conv)
+    perturb_parameters(conv)
     for B in (3, 2, 3):
         x = torch.randn(data['gene'].num_nodes, B, 1, dtype=torch.float64,
                         requires_grad=True)

@@ -11,18 +11,10 @@ from torch_geometric.loader import DataLoader
 
 from torch_staged.data import build_tissue_graph
 from torch_staged.nn import FusedGeneGraph, STAGEDConv
-from torch_staged.testing import random_tissue
+from torch_staged.testing import perturb_parameters, random_tissue
 from torch_staged.typing import CELL, GENE, NEAR, REGULATES, RELATIONS, SIGNALS
 
 ATOL64 = 1e-10
-
-
-def _randomise(conv, scale=0.3):
-    # Non-zero bias and perturbed weights so that every parameter matters.
-    with torch.no_grad():
-        for p in conv.parameters():
-            p.add_(scale * torch.randn_like(p))
-    return conv
 
 
 def _conv(num_genes, num_cell_types, seed=0, dtype=torch.float64, **kwargs):
@@ -30,7 +22,7 @@ def _conv(num_genes, num_cell_types, seed=0, dtype=torch.float64, **kwargs):
     kwargs.setdefault('in_channels', 1)
     kwargs.setdefault('out_channels', 3)
     conv = STAGEDConv(num_genes=num_genes, num_cell_types=num_cell_types, **kwargs)
-    return _randomise(conv).to(dtype)
+    return perturb_parameters(conv).to(dtype)
 
 
 def _grads(out, inputs, seed=0):
